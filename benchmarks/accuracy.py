@@ -1,0 +1,58 @@
+"""Median absolute percentage error of `estimate` against measured serving runs.
+
+    python benchmarks/accuracy.py [--data ../shared/data/serving/aiconfigurator_silicon_visible.csv]
+                                  [--systems h100_sxm,h200_sxm] [--kv auto|fp8]
+
+Uses the agg (aggregated) rows whose model, system and precision the catalog knows. The
+baseline printed beside the model is a plain roofline (no efficiencies, no engine overhead,
+no queueing), evaluated in the same run, so the ratio shows what the model adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from costmodel.calibration.profile import Profile  # noqa: E402
+from costmodel.calibration.silicon import ape, errors, load_rows, predict, supported  # noqa: E402
+
+DEFAULT = ROOT.parent / "shared" / "data" / "serving" / "aiconfigurator_silicon_visible.csv"
+ROOFLINE = Profile(gemm_peak_eff={"bf16": 1.0, "fp8": 1.0, "int8": 1.0, "fp4": 1.0}, gemm_m_half=1e-9,
+                   mem_eff=1.0, attn_prefill_eff=1.0, attn_decode_mem_eff=1.0, attn_decode_compute_eff=1.0,
+                   kernel_overhead_us=0.0, comm_eff=1.0, comm_overhead_us=0.0, source="ideal roofline")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(DEFAULT))
+    ap.add_argument("--systems", default="h100_sxm,h200_sxm,b200_sxm,gb200")
+    ap.add_argument("--kv", default="auto", help="KV-cache dtype assumed for every row (auto = 16-bit)")
+    args = ap.parse_args()
+    systems = set(args.systems.split(","))
+    rows = [r for r in load_rows(args.data) if r.system in systems and supported(r)]
+    t0 = time.perf_counter()
+    groups, overall = errors(rows, args.kv)
+    elapsed = time.perf_counter() - t0
+    base = [(ape(e.ttft_ms, r.ttft_ms), ape(e.tpot_ms, r.tpot_ms))
+            for r in rows for e in [predict(r, args.kv, ROOFLINE)]]
+    print(f"{'group':70s} {'rows':>5s} {'TTFT MdAPE%':>12s} {'TPOT MdAPE%':>12s}")
+    for g in groups:
+        print(f"{g.group:70s} {g.rows:5d} {g.ttft_mape:12.1f} {g.tpot_mape:12.1f}")
+    print(f"{'overall':70s} {overall.rows:5d} {overall.ttft_mape:12.1f} {overall.tpot_mape:12.1f}")
+    if base:
+        bt = statistics.median(x for x, _ in base)
+        bp = statistics.median(y for _, y in base)
+        print(f"{'baseline: ideal roofline, same rows':70s} {len(base):5d} {bt:12.1f} {bp:12.1f}")
+        print(f"error ratio model/baseline: TTFT {overall.ttft_mape / bt:.2f}, TPOT {overall.tpot_mape / bp:.2f}")
+    print(f"{len(rows)} rows estimated in {elapsed:.2f} s ({len(rows) / elapsed:.0f} rows/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Model specs, layouts, roofline op costs, collectives, memory and serving estimates."""

@@ -1,0 +1,1 @@
+"""Calibration profiles: fitted (or spec-default) efficiencies the cost model runs on."""

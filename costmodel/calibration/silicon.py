@@ -1,0 +1,139 @@
+"""End-to-end serving measurements in the AIConfigurator silicon CSV format, and predictions of them.
+
+The same columns serve `planner calibrate --from-runs` for a user's own measurements: `model_path`,
+`system`, `backend`, `precision`, `mode`, `isl`, `osl`, `batch_size` (closed-loop concurrency),
+`tp_size`, `pp_size`, `attention_dp_size`, `moe_ep_size`, `silicon_ttft_ms`, `silicon_tpot_ms`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from costmodel.calibration.profile import Profile, profile_for
+from costmodel.catalog import model as load_model
+from costmodel.engines import engine as load_engine
+from costmodel.estimate import Estimate, build_instance, estimate_instance
+from costmodel.layout import Layout, check_layout
+from costmodel.precision import precision as load_precision
+from costmodel.workload import Workload
+from hardware.catalog import cluster as load_cluster
+from hardware.errors import PlannerInputError, UnknownNameError
+from hardware.loading import validation_sentence
+
+# silicon `system` -> catalog cluster whose node group has that device
+SYSTEMS = {"h100_sxm": "dgx-h100", "h200_sxm": "hgx-h200", "b200_sxm": "dgx-b200", "gb200": "gb200-nvl72",
+           "a100_sxm": "dgx-a100"}
+PRECISION = {"": "bf16", "bf16": "bf16", "fp8": "fp8", "fp4": "fp4", "int4": "int4"}
+REQUIRED = ("model_path", "system", "backend", "precision", "mode", "isl", "osl", "batch_size", "tp_size",
+            "pp_size", "silicon_ttft_ms", "silicon_tpot_ms")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured aggregated (prefill and decode on one instance) closed-loop run."""
+
+    line: int
+    model: str
+    system: str
+    backend: str
+    precision: str
+    isl: int
+    osl: int
+    concurrency: int
+    layout: Layout
+    ttft_ms: float
+    tpot_ms: float
+
+    @property
+    def group(self) -> str:
+        return f"{self.model}|{self.system}|{self.backend}|{self.precision or 'bf16'}"
+
+
+def _int(v: str | None, default: int = 1) -> int:
+    """An integer column; empty (and 0 for degrees, as dense rows write moe_ep_size) -> default."""
+    return int(float(v)) if v not in (None, "") and float(v) != 0 else default
+
+
+def load_rows(path: str | Path, mode: str = "agg") -> list[Row]:
+    """Rows of `mode` from a silicon-format CSV; a malformed row raises naming its line."""
+    p = Path(path)
+    try:
+        fh = p.open(newline="")
+    except OSError as exc:
+        raise PlannerInputError(f"cannot read {p}: {exc.strerror}; check the path") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PlannerInputError(f"{p}: column '{missing[0]}' is missing; runs need the silicon CSV columns")
+        out = []
+        for i, r in enumerate(reader, start=2):
+            if r["mode"] != mode:
+                continue
+            try:
+                lay = Layout(tp=_int(r["tp_size"]), pp=_int(r["pp_size"]),
+                             attention_dp=_int(r.get("attention_dp_size")), ep=_int(r.get("moe_ep_size")))
+                out.append(Row(i, r["model_path"], r["system"], r["backend"], r["precision"] or "",
+                               _int(r["isl"]), _int(r["osl"]), _int(r["batch_size"]), lay,
+                               float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])))
+            except ValidationError as exc:
+                raise PlannerInputError(validation_sentence(exc, f"{p} line {i}")) from None
+            except (ValueError, TypeError) as exc:
+                raise PlannerInputError(f"{p} line {i}: {exc}; fix or remove the row") from None
+    return out
+
+
+def supported(row: Row) -> bool:
+    """Whether the catalog knows the row's model, system and precision, and the layout is valid."""
+    if row.system not in SYSTEMS or row.precision not in PRECISION:
+        return False
+    try:
+        check_layout(load_model(row.model), row.layout)
+    except (UnknownNameError, PlannerInputError):
+        return False
+    return True
+
+
+def predict(row: Row, kv_cache_dtype: str = "auto", profile: Profile | None = None) -> Estimate:
+    """The estimate for a measured row's model, system, layout, precision, engine and load."""
+    group = load_cluster(SYSTEMS[row.system]).groups[0]
+    inst = build_instance(load_model(row.model), row.layout,
+                          load_precision(PRECISION[row.precision], kv_cache_dtype), group,
+                          profile or profile_for(group.device.name), load_engine(row.backend))
+    return estimate_instance(inst, Workload(isl=row.isl, osl=row.osl, concurrency=row.concurrency))
+
+
+def ape(predicted: float, measured: float) -> float:
+    """Absolute percentage error; an infinite prediction counts as 100%+ off (capped at 10x)."""
+    if not math.isfinite(predicted):
+        return 1000.0
+    return min(abs(predicted - measured) / measured * 100.0, 1000.0)
+
+
+@dataclass(frozen=True)
+class GroupError:
+    group: str
+    rows: int
+    ttft_mape: float
+    tpot_mape: float
+
+
+def errors(rows: Iterable[Row], kv_cache_dtype: str = "auto") -> tuple[list[GroupError], GroupError]:
+    """Median absolute percentage error of TTFT and TPOT per group and over all rows."""
+    per: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        e = predict(r, kv_cache_dtype)
+        per.setdefault(r.group, []).append((ape(e.ttft_ms, r.ttft_ms), ape(e.tpot_ms, r.tpot_ms)))
+    groups = [GroupError(g, len(v), statistics.median(x for x, _ in v), statistics.median(y for _, y in v))
+              for g, v in sorted(per.items())]
+    every = [x for v in per.values() for x in v]
+    overall = GroupError("overall", len(every), statistics.median(x for x, _ in every) if every else math.nan,
+                         statistics.median(y for _, y in every) if every else math.nan)
+    return groups, overall

@@ -1,0 +1,40 @@
+"""The op graph of one decoder layer as a networkx DiGraph (nodes carry FLOPs and bytes).
+
+Nodes are the ops `costmodel.ops` costs, in data-flow order, plus the residual joins; the
+graph is what reports draw and what a traced torch module is compared against.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from costmodel.layout import Layout
+from costmodel.models import ModelSpec
+from costmodel.ops import Batch, attention_ops, dense_mlp_ops, elementwise_op, moe_ops
+from costmodel.precision import Precision
+
+
+def layer_graph(model: ModelSpec, layout: Layout, prec: Precision, batch: Batch, moe_layer: bool) -> nx.DiGraph:
+    """One layer's per-device ops for `batch`: attention block, then the MLP or MoE block."""
+    g = nx.DiGraph(layer="moe" if moe_layer else "dense", model=model.name)
+    g.add_node("input", kind="io", flops=0.0, bytes=0.0)
+    prev = "input"
+    blocks = [
+        ("attention", attention_ops(model, layout, prec, batch)),
+        ("mlp", moe_ops(model, layout, prec, batch) if moe_layer else dense_mlp_ops(model, layout, prec, batch)),
+    ]
+    for block, ops in blocks:
+        block_in = prev
+        for op in ops:
+            g.add_node(op.name, kind=op.kind, block=block, flops=float(op.flops), bytes=float(op.bytes))
+            g.add_edge(prev, op.name)
+            prev = op.name
+        join = f"{block}_residual"
+        g.add_node(join, kind="residual", flops=0.0, bytes=0.0)
+        g.add_edge(prev, join)
+        g.add_edge(block_in, join)
+        prev = join
+    ew = elementwise_op(model, layout, batch)
+    g.add_node(ew.name, kind=ew.kind, block="layer", flops=0.0, bytes=float(ew.bytes))
+    g.add_edge(prev, ew.name)
+    return g

@@ -1,0 +1,148 @@
+"""One serving instance (a model on a layout on a device kind) and its iteration time.
+
+An iteration runs every layer once for the batch: per-op roofline times, the TP/EP collectives
+on the tier the group spans, PP point-to-point sends, the LM head, and the engine's per-step
+overhead. With `pp` stages the batch is split into `pp` micro-batches that keep every stage busy,
+so one token of one sequence takes the full pipeline latency at batch/pp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from costmodel import comm
+from costmodel.calibration.profile import Profile
+from costmodel.engines import Engine
+from costmodel.layout import Layout
+from costmodel.models import ModelSpec
+from costmodel.ops import (
+    Batch,
+    Num,
+    Op,
+    attention_ops,
+    dense_mlp_ops,
+    elementwise_op,
+    lm_head_op,
+    moe_ops,
+    op_time_s,
+)
+from costmodel.precision import Precision
+from hardware.specs import Accelerator, Link, NodeGroup
+from hardware.topology import contiguous_tier
+
+
+@dataclass(frozen=True)
+class Instance:
+    model: ModelSpec
+    layout: Layout
+    prec: Precision
+    group: NodeGroup
+    profile: Profile
+    engine: Engine
+    moe_skew: float = 1.0
+
+    @property
+    def acc(self) -> Accelerator:
+        return self.group.device
+
+    @cached_property
+    def tp_link(self) -> Link:
+        return contiguous_tier(self.group, self.layout.tp)
+
+    @cached_property
+    def ep_link(self) -> Link:
+        return contiguous_tier(self.group, self.layout.tp * self.layout.attention_dp)
+
+    @cached_property
+    def pp_link(self) -> Link:
+        return contiguous_tier(self.group, self.layout.instance_devices)
+
+    # ---- per-layer pieces ----------------------------------------------------------------
+    def _ops(self, b: Batch, moe_layer: bool) -> list[Op]:
+        ops = attention_ops(self.model, self.layout, self.prec, b)
+        if moe_layer:
+            ops += moe_ops(self.model, self.layout, self.prec, b, self.moe_skew)
+        else:
+            ops += dense_mlp_ops(self.model, self.layout, self.prec, b)
+        ops.append(elementwise_op(self.model, self.layout, b))
+        return ops
+
+    def _comm(self, b: Batch, moe_layer: bool) -> dict[str, Num]:
+        lay, prof = self.layout, self.profile
+        act = self.prec.act_bytes * self.model.hidden_size
+        tokens_dev = b.tokens / lay.attention_dp
+        out: dict[str, Num] = {}
+        if lay.tp > 1:
+            out["tp_allreduce_attn"] = comm.all_reduce_s(tokens_dev * act, lay.tp, self.tp_link, prof)
+        if not moe_layer:
+            if lay.tp > 1:
+                out["tp_allreduce_mlp"] = comm.all_reduce_s(tokens_dev * act, lay.tp, self.tp_link, prof)
+            return out
+        group = lay.tp * lay.attention_dp
+        if lay.ep > 1:
+            k = self.model.moe.top_k if self.model.moe else 1
+            # dispatch + combine: each token's hidden state to (and back from) its top-k experts
+            a2a = comm.all_to_all_s(tokens_dev * k * act, lay.ep, self.ep_link, prof)
+            out["ep_dispatch"] = a2a
+            out["ep_combine"] = a2a
+            if lay.moe_tp > 1:
+                out["moe_tp_allreduce"] = comm.all_reduce_s(tokens_dev * act, lay.moe_tp, self.ep_link, prof)
+        elif group > 1:
+            # pure MoE-TP over the whole group: gather every rank's tokens, reduce-scatter back
+            out["moe_allgather"] = comm.all_gather_s(tokens_dev * act, group, self.ep_link, prof)
+            out["moe_reducescatter"] = comm.all_gather_s(tokens_dev * act, group, self.ep_link, prof)
+        return out
+
+    def _overhead_s(self, b: Batch, kernels: int) -> Num:
+        eng = self.engine
+        # vLLM V1 and SGLang capture graphs by token count (mixed batches included);
+        # TensorRT-LLM replays graphs for generation-only batches.
+        in_graph = np.asarray(b.tokens) <= eng.cuda_graph_max_batch
+        if not eng.graphs_cover_prefill:
+            in_graph = in_graph & (np.asarray(b.prefill_tokens) == 0)
+        per_kernel = np.where(in_graph, 0.0, eng.eager_kernel_overhead_us * 1e-6)
+        running = b.decode_seqs + b.prefill_seqs
+        return eng.iteration_overhead_ms * 1e-3 + running * eng.per_seq_overhead_us * 1e-6 + per_kernel * kernels
+
+    # ---- public --------------------------------------------------------------------------
+    def breakdown(self, b: Batch) -> dict[str, Num]:
+        """Seconds per component for one full forward pass of batch `b` (all stages)."""
+        acc, prof, dtype = self.acc, self.profile, self.prec.gemm
+        m = self.model
+        out: dict[str, Num] = {}
+        kernels = 0
+        for moe_layer, count in ((False, m.dense_layers), (True, m.moe_layers)):
+            if not count:
+                continue
+            ops = self._ops(b, moe_layer)
+            kernels += count * len(ops)
+            for op in ops:
+                out[op.name] = out.get(op.name, 0.0) + count * op_time_s(op, acc, dtype, prof)
+            for name, t in self._comm(b, moe_layer).items():
+                out[name] = out.get(name, 0.0) + count * t
+        out["lm_head"] = op_time_s(lm_head_op(m, self.layout, self.prec, b), acc, dtype, prof)
+        if self.layout.pp > 1:
+            sends = comm.send_recv_s(b.tokens / self.layout.attention_dp * self.prec.act_bytes * m.hidden_size,
+                                     self.pp_link, prof)
+            out["pp_send"] = (self.layout.pp - 1) * sends
+        out["engine_overhead"] = self._overhead_s(b, kernels)
+        return out
+
+    def step_s(self, b: Batch) -> Num:
+        """Wall time of one iteration for batch `b` (with pp>1: one micro-batch of b/pp per stage,
+        the pipeline full, so a sequence advances once per full-model pass at b/pp)."""
+        pp = self.layout.pp
+        if pp > 1:
+            b = Batch(b.decode_seqs / pp, b.decode_ctx, b.prefill_tokens / pp, b.prefill_span, b.prefill_seqs / pp)
+        return sum(self.breakdown(b).values())
+
+    def prefill_s(self, isl: int, seqs: float = 1.0) -> Num:
+        """Latency of prefilling `seqs` whole prompts of `isl` tokens together, through every stage."""
+        b = Batch(prefill_tokens=seqs * isl, prefill_span=isl / 2, prefill_seqs=seqs)
+        return sum(self.breakdown(b).values())
+
+    def decode_s(self, seqs: Num, ctx: Num) -> Num:
+        return self.step_s(Batch(decode_seqs=seqs, decode_ctx=ctx))

@@ -1,0 +1,168 @@
+"""Per-device ops of one decoder layer for an iteration's batch, and their roofline times.
+
+Every formula is elementwise numpy arithmetic, so a `Batch` may hold arrays (many iterations at
+once, as the simulator and the closed-loop solver want) as well as scalars.
+
+Sharding (per device): attention heads over `tp` (KV heads replicate once `tp` exceeds them);
+attention tokens over `attention_dp`; dense MLPs over `tp` with tokens over `attention_dp`;
+routed experts over `ep`, each sliced `moe_tp` ways, seeing the tokens of all `attention_dp` ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from costmodel.calibration.profile import Profile
+from costmodel.layout import Layout
+from costmodel.models import ModelSpec
+from costmodel.precision import Precision
+from hardware.specs import Accelerator
+
+Num = float | np.ndarray
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One iteration of one instance: decoding sequences plus prefill (chunk) tokens."""
+
+    decode_seqs: Num = 0.0
+    decode_ctx: Num = 0.0  # mean tokens already cached per decoding sequence
+    prefill_tokens: Num = 0.0
+    prefill_span: Num = 0.0  # mean keys each prefill token attends to (isl/2 for whole prompts)
+    prefill_seqs: Num = 0.0  # prompts in the chunk (each emits one token at its end)
+
+    @property
+    def tokens(self) -> Num:
+        return self.decode_seqs + self.prefill_tokens
+
+
+@dataclass(frozen=True)
+class Op:
+    """Work of one op on one device: FLOPs, bytes moved, and which efficiency applies."""
+
+    name: str
+    kind: str  # gemm | attn_prefill | attn_decode | moe | elementwise
+    flops: Num
+    bytes: Num
+    m: Num = 1.0  # GEMM rows (tokens), for the shape-dependent efficiency
+
+
+def _gemm(name: str, m: Num, n: float, k: float, prec: Precision, kind: str = "gemm") -> Op:
+    """y[m,n] = x[m,k] @ W[k,n]: weights in the weight dtype, activations 16-bit."""
+    weights = np.where(np.asarray(m) > 0, n * k * prec.weight_bytes, 0.0)
+    return Op(name, kind, 2.0 * m * n * k, weights + m * (n + k) * prec.act_bytes, m)
+
+
+def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> list[Op]:
+    """QKV, core attention (prefill and decode) and output projection on one device."""
+    h = model.hidden_size
+    heads = model.num_heads / lay.tp
+    kv_heads = max(1.0, model.num_kv_heads / lay.tp)
+    adp = lay.attention_dp
+    tokens = b.tokens / adp
+    dec, pre = b.decode_seqs / adp, b.prefill_tokens / adp
+    kv_b = prec.kv_bytes
+    if model.mla:
+        m = model.mla
+        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        latent = m.kv_lora_rank + m.qk_rope_head_dim
+        q_in = m.q_lora_rank or h
+        ops = [_gemm("kv_a_proj", tokens, latent, h, prec)]
+        if m.q_lora_rank:
+            ops.append(_gemm("q_a_proj", tokens, m.q_lora_rank, h, prec))
+        ops.append(_gemm("q_b_proj", tokens, heads * qk, q_in, prec))
+        # Prefill expands the latent to per-head K/V; decode absorbs W_kv_b into Q and O
+        # (DeepSeek-V2 paper, sec. 2.1.3), attending over the latent directly.
+        ops.append(_gemm("kv_b_proj", pre, heads * (m.qk_nope_head_dim + m.v_head_dim),
+                         m.kv_lora_rank, prec))
+        ops.append(Op("attn_prefill", "attn_prefill",
+                      2.0 * pre * b.prefill_span * heads * (qk + m.v_head_dim),
+                      pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes))
+        ops.append(_gemm("q_absorb", dec, heads * m.kv_lora_rank, m.qk_nope_head_dim, prec))
+        ops.append(Op("attn_decode", "attn_decode",
+                      2.0 * dec * b.decode_ctx * heads * (latent + m.kv_lora_rank),
+                      dec * b.decode_ctx * latent * kv_b))
+        ops.append(_gemm("v_absorb", dec, heads * m.v_head_dim, m.kv_lora_rank, prec))
+        ops.append(_gemm("o_proj", tokens, h, heads * m.v_head_dim, prec))
+        return ops
+    d = model.head_dim
+    window = model.sliding_window
+    dec_ctx = b.decode_ctx
+    span = b.prefill_span
+    if window and model.sliding_layers:
+        local = model.sliding_layers / model.num_layers
+        dec_ctx = (1 - local) * dec_ctx + local * np.minimum(dec_ctx, window)
+        span = (1 - local) * span + local * np.minimum(span, window)
+    return [
+        _gemm("qkv_proj", tokens, (heads + 2 * kv_heads) * d, h, prec),
+        Op("attn_prefill", "attn_prefill", 4.0 * pre * span * heads * d,
+           pre * (heads + 2 * kv_heads) * d * prec.act_bytes * 2),
+        Op("attn_decode", "attn_decode", 4.0 * dec * dec_ctx * heads * d,
+           dec * dec_ctx * 2 * kv_heads * d * kv_b),
+        _gemm("o_proj", tokens, h, heads * d, prec),
+    ]
+
+
+def dense_mlp_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> list[Op]:
+    h, i = model.hidden_size, model.intermediate_size / lay.tp
+    tokens = b.tokens / lay.attention_dp
+    return [_gemm("gate_up_proj", tokens, 2 * i, h, prec), _gemm("down_proj", tokens, h, i, prec)]
+
+
+def experts_touched(tokens: Num, top_k: int, experts: int) -> Num:
+    """Expected distinct experts hit by `tokens` tokens routing uniformly to `top_k` each."""
+    return experts * (1.0 - (1.0 - 1.0 / experts) ** (tokens * top_k))
+
+
+def moe_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, skew: float = 1.0) -> list[Op]:
+    """Router, routed experts on the busiest device (`skew` = max/mean load) and shared experts."""
+    moe = model.moe
+    assert moe is not None
+    h = model.hidden_size
+    tokens_all = b.tokens  # every attention-DP rank's tokens meet in the MoE layer
+    local_experts = moe.num_experts / lay.ep
+    width = moe.intermediate_size / lay.moe_tp
+    pairs = tokens_all * moe.top_k / lay.ep * skew  # (token, expert) pairs on this device
+    touched = np.minimum(local_experts, experts_touched(tokens_all, moe.top_k, moe.num_experts) / lay.ep)
+    ops = [
+        _gemm("router", b.tokens / lay.attention_dp, moe.num_experts, h, prec),
+        Op("experts", "moe", 2.0 * pairs * 3 * h * width,
+           touched * 3 * h * width * prec.weight_bytes + pairs * (2 * h + 3 * width) * prec.act_bytes,
+           pairs / np.maximum(touched, 1.0)),
+    ]
+    if moe.num_shared_experts:
+        shared = moe.num_shared_experts * moe.shared_intermediate_size / lay.tp
+        tokens = b.tokens / lay.attention_dp
+        ops += [_gemm("shared_gate_up", tokens, 2 * shared, h, prec),
+                _gemm("shared_down", tokens, h, shared, prec)]
+    return ops
+
+
+def elementwise_op(model: ModelSpec, lay: Layout, b: Batch) -> Op:
+    """Norms, RoPE, residual adds and activations: ~12 hidden-sized 16-bit passes per token."""
+    tokens = b.tokens / lay.attention_dp
+    return Op("elementwise", "elementwise", 0.0, 12.0 * tokens * model.hidden_size * 2.0)
+
+
+def lm_head_op(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> Op:
+    """Logits for every sequence that emits a token this iteration (vocab split over tp)."""
+    rows = (b.decode_seqs + b.prefill_seqs) / lay.attention_dp
+    return _gemm("lm_head", rows, model.vocab_size / lay.tp, model.hidden_size, prec)
+
+
+def op_time_s(op: Op, acc: Accelerator, dtype: str, prof: Profile) -> Num:
+    """Roofline time: the slower of compute and memory at calibrated efficiency, plus overhead."""
+    if op.kind in ("gemm", "moe"):
+        eff_c = prof.gemm_eff(dtype, op.m)
+        peak = acc.flops(dtype)
+    elif op.kind == "attn_prefill":
+        eff_c, peak = prof.attn_prefill_eff, acc.flops("bf16")
+    else:
+        eff_c, peak = prof.attn_decode_compute_eff, acc.flops("bf16")
+    eff_m = prof.attn_decode_mem_eff if op.kind == "attn_decode" else prof.mem_eff
+    compute = op.flops / (peak * eff_c)
+    memory = op.bytes / (acc.hbm_gbps * 1e9 * eff_m)
+    active = np.asarray(op.flops + op.bytes) > 0
+    return np.maximum(compute, memory) + np.where(active, prof.kernel_overhead_us * 1e-6, 0.0)

@@ -1,0 +1,136 @@
+"""Analytic serving estimates for one instance: closed loop, open loop, capacity and goodput.
+
+Steady state of continuous batching with fixed lengths. Per iteration the running decode batch
+`B` and, on average, `P` prompt tokens share one forward pass (weights are read once, which is
+why piggy-backed prefill is cheap while decode is memory-bound). In steady state the arrival
+rate `lam` sets both: `B = lam (osl-1) tpot` and `P = lam isl tpot`; `tpot` is the iteration time
+of that mix. The three are solved as a damped fixed point.
+
+TTFT = wait for admission (KV cache or `max_num_seqs` full: Little's law on the clients left
+outside) + half an iteration to the next boundary + the prompt's own prefill + the share of its
+closed-loop wave it waits behind (clients with fixed lengths stay in step, so prompts arrive in
+bursts; the engine constant `closed_loop_wave` is that share) or, in an open loop, M/D/1
+queueing on the instance's capacity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from costmodel.instance import Instance
+from costmodel.ops import Batch
+
+ITERATIONS = 80
+DAMPING = 0.5
+TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Steady:
+    """A solved steady state of one instance."""
+
+    ttft_s: float
+    tpot_s: float
+    requests_per_s: float
+    decode_batch: float
+    prefill_tokens_per_step: float
+    admitted: float  # requests inside the engine (prefilling or decoding)
+    queue_s: float  # mean wait before admission
+    osl: int
+    stable: bool = True
+
+    @property
+    def output_tok_s(self) -> float:
+        return self.requests_per_s * self.osl if self.stable else 0.0
+
+
+def max_running(inst: Instance, kv_tokens: int, isl: int, osl: int, max_num_seqs: int | None = None) -> int:
+    """Sequences the instance can hold at once: KV capacity at the mean context, or the cap."""
+    cap = max_num_seqs or inst.engine.max_num_seqs
+    return int(min(cap, kv_tokens // max(isl + osl // 2, 1)))
+
+
+def prompt_prefill_s(inst: Instance, isl: int, budget: int) -> float:
+    """Amortised prefill time of one prompt when prompts are batched up to the token budget."""
+    seqs = max(1.0, budget / isl)
+    return float(inst.prefill_s(isl, seqs)) / seqs
+
+
+def _mixed_step(inst: Instance, b: float, p: float, isl: int, osl: int) -> float:
+    return float(inst.step_s(Batch(decode_seqs=b, decode_ctx=isl + osl / 2, prefill_tokens=p,
+                                   prefill_span=isl / 2, prefill_seqs=p / isl)))
+
+
+def closed_loop(inst: Instance, isl: int, osl: int, clients: int, running_cap: int,
+                budget: int | None = None) -> Steady:
+    """Steady state of `clients` closed-loop clients, at most `running_cap` admitted at once."""
+    budget = budget or inst.engine.max_num_batched_tokens
+    n = float(min(clients, running_cap))
+    x = prompt_prefill_s(inst, isl, budget)
+    tpot = float(inst.decode_s(n, isl + osl / 2))
+    pre = x + 1.5 * tpot
+    for _ in range(ITERATIONS):
+        lam = n / (pre + (osl - 1) * tpot)
+        b = lam * (osl - 1) * tpot
+        p = lam * isl * tpot
+        new_tpot = DAMPING * tpot + (1 - DAMPING) * _mixed_step(inst, b, p, isl, osl)
+        done = abs(new_tpot - tpot) < TOLERANCE * tpot
+        tpot = new_tpot
+        wave = inst.engine.closed_loop_wave * (n - 1) / 2 * x
+        pre = 0.5 * tpot + x + tpot + wave
+        if done:
+            break
+    lam = n / (pre + (osl - 1) * tpot)
+    queue = max(clients - n, 0.0) / lam
+    return Steady(ttft_s=queue + pre, tpot_s=tpot, requests_per_s=lam, decode_batch=lam * (osl - 1) * tpot,
+                  prefill_tokens_per_step=lam * isl * tpot, admitted=n, queue_s=queue, osl=osl)
+
+
+def capacity_rps(inst: Instance, isl: int, osl: int, running_cap: int) -> float:
+    """Highest sustainable request rate: a closed loop with the engine full."""
+    return closed_loop(inst, isl, osl, running_cap, running_cap).requests_per_s
+
+
+def open_loop(inst: Instance, isl: int, osl: int, rate_rps: float, running_cap: int,
+              budget: int | None = None, capacity: float | None = None) -> Steady:
+    """Steady state under Poisson-like arrivals at `rate_rps`; unstable at or past capacity."""
+    budget = budget or inst.engine.max_num_batched_tokens
+    cap = capacity if capacity is not None else capacity_rps(inst, isl, osl, running_cap)
+    rho = rate_rps / cap if cap > 0 else math.inf
+    if rho >= 1.0:
+        return Steady(math.inf, math.inf, cap, running_cap, 0.0, running_cap, math.inf, osl, stable=False)
+    x = prompt_prefill_s(inst, isl, budget)
+    tpot = float(inst.decode_s(max(rate_rps * osl * 0.01, 1.0), isl + osl / 2))
+    for _ in range(ITERATIONS):
+        b = rate_rps * (osl - 1) * tpot
+        p = rate_rps * isl * tpot
+        new_tpot = DAMPING * tpot + (1 - DAMPING) * _mixed_step(inst, b, p, isl, osl)
+        done = abs(new_tpot - tpot) < TOLERANCE * tpot
+        tpot = new_tpot
+        if done:
+            break
+    service = 0.5 * tpot + x + tpot
+    queue = rho / (2 * (1 - rho)) * (x + tpot)
+    b = rate_rps * (osl - 1) * tpot
+    return Steady(ttft_s=queue + service, tpot_s=tpot, requests_per_s=rate_rps, decode_batch=b,
+                  prefill_tokens_per_step=rate_rps * isl * tpot,
+                  admitted=rate_rps * (service + queue + (osl - 1) * tpot), queue_s=queue, osl=osl)
+
+
+def goodput_rps(inst: Instance, isl: int, osl: int, running_cap: int, ttft_s: float | None,
+                tpot_s: float | None, rel_tol: float = 0.01) -> float:
+    """Highest open-loop rate whose mean TTFT and TPOT meet the objectives (bisection; 0 if none)."""
+    hi = capacity_rps(inst, isl, osl, running_cap)
+
+    def ok(rate: float) -> bool:
+        s = open_loop(inst, isl, osl, rate, running_cap, capacity=hi)
+        return s.stable and (ttft_s is None or s.ttft_s <= ttft_s) and (tpot_s is None or s.tpot_s <= tpot_s)
+
+    lo = hi * 1e-3
+    if not ok(lo):
+        return 0.0
+    while hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo

@@ -1,0 +1,93 @@
+"""The serving objective the searches maximise: goodput (or throughput) per device under the SLO."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from costmodel.calibration.profile import Profile
+from costmodel.engines import Engine
+from costmodel.estimate import estimate_instance, instance_memory
+from costmodel.instance import Instance
+from costmodel.layout import Layout
+from costmodel.models import ModelSpec
+from costmodel.precision import Precision
+from costmodel.serving import goodput_rps, max_running, open_loop
+from costmodel.workload import SLO, Workload
+from hardware.specs import NodeGroup
+from searches.base import Evaluated
+
+
+@dataclass(frozen=True)
+class ServingObjective:
+    model: ModelSpec
+    group: NodeGroup
+    prec: Precision
+    profile: Profile
+    engine: Engine
+    workload: Workload
+    slo: SLO
+
+    def _metrics(self, inst: Instance, wl: Workload, replicas: int) -> dict[str, float]:
+        e = estimate_instance(replace(inst, layout=inst.layout.model_copy(update={"dp": replicas})), wl)
+        return {"ttft_ms": e.ttft_ms, "tpot_ms": e.tpot_ms, "output_tok_s": e.output_tok_s,
+                "requests_per_s": e.requests_per_s, "decode_batch": e.decode_batch,
+                "weights_gib": e.memory["weights"], "kv_cache_gib": e.memory["kv_cache"],
+                "max_running": float(e.max_running)}
+
+    def __call__(self, layout: Layout) -> Evaluated:
+        inst = Instance(self.model, layout, self.prec, self.group, self.profile, self.engine)
+        wl = self.workload
+        mem = instance_memory(inst, wl, self.engine.max_num_batched_tokens)
+        cap = max_running(inst, mem.kv_tokens, wl.isl, wl.osl)
+        if not mem.fits or cap < 1:
+            need = mem.weights_gib + mem.activations_gib + mem.reserve_gib
+            return Evaluated(layout, 0.0, False, {"weights_gib": mem.weights_gib}, "memory",
+                             f"needs {need:.1f} GiB per device before any KV cache, "
+                             f"{mem.capacity_gib:.1f} GiB usable", {"ratio": need / mem.capacity_gib})
+        available = self.group.num_devices // layout.instance_devices
+        if wl.rate_rps is not None:
+            return self._open(inst, cap, available)
+        return self._closed(inst, available)
+
+    def _open(self, inst: Instance, cap: int, available: int) -> Evaluated:
+        wl, slo, lay = self.workload, self.slo, inst.layout
+        per_instance = goodput_rps(inst, wl.isl, wl.osl, cap,
+                                   slo.ttft_ms / 1e3 if slo.ttft_ms else None,
+                                   slo.tpot_ms / 1e3 if slo.tpot_ms else None)
+        score = per_instance / lay.instance_devices
+        if per_instance <= 0:
+            idle = open_loop(inst, wl.isl, wl.osl, 1e-3, cap)
+            worst = slo.violations(idle.ttft_s * 1e3, idle.tpot_s * 1e3, math.inf)
+            key, ratio = max(worst.items(), key=lambda kv: kv[1]) if worst else ("ttft_ms", 1.0)
+            achieved = {"ttft_ms": idle.ttft_s * 1e3, "tpot_ms": idle.tpot_s * 1e3}[key]
+            return Evaluated(lay, 0.0, False, {"ttft_ms": idle.ttft_s * 1e3, "tpot_ms": idle.tpot_s * 1e3},
+                             key, f"{key} is {achieved:.1f} even unloaded, {ratio:.2f}x the objective",
+                             {"ratio": ratio})
+        needed = max(1, math.ceil(wl.rate_rps / per_instance - 1e-9))
+        replicas = min(needed, available)
+        metrics = self._metrics(inst, wl, replicas)
+        metrics["goodput_rps"] = per_instance * replicas
+        metrics["goodput_rps_per_instance"] = per_instance
+        extra = {"replicas": replicas, "ratio": needed / available}
+        if needed > available:
+            return Evaluated(lay.model_copy(update={"dp": replicas}), score, False, metrics, "devices",
+                             f"needs {needed} replicas ({needed * lay.instance_devices} devices) for "
+                             f"{wl.rate_rps:g} req/s; the cluster has {self.group.num_devices}", extra)
+        return Evaluated(lay.model_copy(update={"dp": replicas}), score, True, metrics, "", "", extra)
+
+    def _closed(self, inst: Instance, available: int) -> Evaluated:
+        lay, slo = inst.layout, self.slo
+        replicas = max(1, min(available, self.workload.concurrency or 1))
+        metrics = self._metrics(inst, self.workload, replicas)
+        devices = replicas * lay.instance_devices
+        score = metrics["output_tok_s"] / devices
+        bad = slo.violations(metrics["ttft_ms"], metrics["tpot_ms"], metrics["output_tok_s"])
+        metrics["goodput_rps"] = 0.0 if bad else metrics["requests_per_s"]
+        placed = lay.model_copy(update={"dp": replicas})
+        if bad:
+            key, ratio = max(bad.items(), key=lambda kv: kv[1])
+            return Evaluated(placed, score, False, metrics, key,
+                             f"{key} is {metrics.get(key, 0.0):.1f}, {ratio:.2f}x the objective",
+                             {"replicas": replicas, "ratio": ratio})
+        return Evaluated(placed, score, True, metrics, "", "", {"replicas": replicas})
