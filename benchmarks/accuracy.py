@@ -19,13 +19,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from costmodel.calibration.profile import Profile  # noqa: E402
+from costmodel.calibration.profile import CommFit, Profile, RooflineFit  # noqa: E402
 from costmodel.calibration.silicon import ape, errors, load_rows, predict, supported  # noqa: E402
 
 DEFAULT = ROOT.parent / "shared" / "data" / "serving" / "aiconfigurator_silicon_visible.csv"
-ROOFLINE = Profile(gemm_peak_eff={"bf16": 1.0, "fp8": 1.0, "int8": 1.0, "fp4": 1.0}, gemm_m_half=1e-9,
-                   mem_eff=1.0, attn_prefill_eff=1.0, attn_decode_mem_eff=1.0, attn_decode_compute_eff=1.0,
-                   kernel_overhead_us=0.0, comm_eff=1.0, comm_overhead_us=0.0, source="ideal roofline")
+IDEAL = RooflineFit(compute_eff=1.0, mem_eff=1.0)
+ROOFLINE = Profile(gemm={"bf16": IDEAL}, attn_prefill={"bf16": IDEAL}, attn_decode={"bf16": IDEAL},
+                   moe={"bf16": IDEAL}, elementwise_mem_eff=1.0, scaleout_eff=1.0,
+                   comm={"all_reduce": CommFit(eff=1.0, alpha_us=0.0)}, source="ideal roofline")
 
 
 def main() -> int:

@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from costmodel import comm
-from costmodel.calibration.profile import Profile
+from costmodel.calibration.profile import CommFit, Profile
 from costmodel.engines import Engine
 from costmodel.layout import Layout
 from costmodel.models import ModelSpec
@@ -70,30 +70,41 @@ class Instance:
         ops.append(elementwise_op(self.model, self.layout, b))
         return ops
 
+    def _fit(self, kind: str, link: Link) -> CommFit:
+        """The profile's fit for `kind`; across scale-up domains, the scale-out efficiency."""
+        fit = self.profile.comm_fit(kind)
+        if link is self.group.scaleup:
+            return fit
+        return CommFit(eff=self.profile.scaleout_eff, alpha_us=fit.alpha_us)
+
     def _comm(self, b: Batch, moe_layer: bool) -> dict[str, Num]:
-        lay, prof = self.layout, self.profile
+        lay = self.layout
         act = self.prec.act_bytes * self.model.hidden_size
         tokens_dev = b.tokens / lay.attention_dp
         out: dict[str, Num] = {}
         if lay.tp > 1:
-            out["tp_allreduce_attn"] = comm.all_reduce_s(tokens_dev * act, lay.tp, self.tp_link, prof)
+            out["tp_allreduce_attn"] = comm.all_reduce_s(tokens_dev * act, lay.tp, self.tp_link,
+                                                           self._fit("all_reduce", self.tp_link))
         if not moe_layer:
             if lay.tp > 1:
-                out["tp_allreduce_mlp"] = comm.all_reduce_s(tokens_dev * act, lay.tp, self.tp_link, prof)
+                out["tp_allreduce_mlp"] = comm.all_reduce_s(tokens_dev * act, lay.tp, self.tp_link,
+                                                           self._fit("all_reduce", self.tp_link))
             return out
         group = lay.tp * lay.attention_dp
         if lay.ep > 1:
             k = self.model.moe.top_k if self.model.moe else 1
             # dispatch + combine: each token's hidden state to (and back from) its top-k experts
-            a2a = comm.all_to_all_s(tokens_dev * k * act, lay.ep, self.ep_link, prof)
+            a2a = comm.all_to_all_s(tokens_dev * k * act, lay.ep, self.ep_link, self._fit("all_to_all", self.ep_link))
             out["ep_dispatch"] = a2a
             out["ep_combine"] = a2a
             if lay.moe_tp > 1:
-                out["moe_tp_allreduce"] = comm.all_reduce_s(tokens_dev * act, lay.moe_tp, self.ep_link, prof)
+                out["moe_tp_allreduce"] = comm.all_reduce_s(tokens_dev * act, lay.moe_tp, self.ep_link,
+                                                                self._fit("all_reduce", self.ep_link))
         elif group > 1:
             # pure MoE-TP over the whole group: gather every rank's tokens, reduce-scatter back
-            out["moe_allgather"] = comm.all_gather_s(tokens_dev * act, group, self.ep_link, prof)
-            out["moe_reducescatter"] = comm.all_gather_s(tokens_dev * act, group, self.ep_link, prof)
+            fit = self._fit("all_gather", self.ep_link)
+            out["moe_allgather"] = comm.all_gather_s(tokens_dev * act, group, self.ep_link, fit)
+            out["moe_reducescatter"] = comm.all_gather_s(tokens_dev * act, group, self.ep_link, fit)
         return out
 
     def _overhead_s(self, b: Batch, kernels: int) -> Num:
@@ -110,7 +121,7 @@ class Instance:
     # ---- public --------------------------------------------------------------------------
     def breakdown(self, b: Batch) -> dict[str, Num]:
         """Seconds per component for one full forward pass of batch `b` (all stages)."""
-        acc, prof, dtype = self.acc, self.profile, self.prec.gemm
+        acc, prof, prec = self.acc, self.profile, self.prec
         m = self.model
         out: dict[str, Num] = {}
         kernels = 0
@@ -120,13 +131,13 @@ class Instance:
             ops = self._ops(b, moe_layer)
             kernels += count * len(ops)
             for op in ops:
-                out[op.name] = out.get(op.name, 0.0) + count * op_time_s(op, acc, dtype, prof)
+                out[op.name] = out.get(op.name, 0.0) + count * op_time_s(op, acc, prec, prof)
             for name, t in self._comm(b, moe_layer).items():
                 out[name] = out.get(name, 0.0) + count * t
-        out["lm_head"] = op_time_s(lm_head_op(m, self.layout, self.prec, b), acc, dtype, prof)
+        out["lm_head"] = op_time_s(lm_head_op(m, self.layout, prec, b), acc, prec, prof)
         if self.layout.pp > 1:
-            sends = comm.send_recv_s(b.tokens / self.layout.attention_dp * self.prec.act_bytes * m.hidden_size,
-                                     self.pp_link, prof)
+            sends = comm.send_recv_s(b.tokens / self.layout.attention_dp * prec.act_bytes * m.hidden_size,
+                                     self.pp_link, self._fit("send_recv", self.pp_link))
             out["pp_send"] = (self.layout.pp - 1) * sends
         out["engine_overhead"] = self._overhead_s(b, kernels)
         return out

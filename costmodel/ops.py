@@ -79,7 +79,7 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
                          m.kv_lora_rank, prec))
         ops.append(Op("attn_prefill", "attn_prefill",
                       2.0 * pre * b.prefill_span * heads * (qk + m.v_head_dim),
-                      pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes))
+                      pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes, 2.0 * b.prefill_span))
         ops.append(_gemm("q_absorb", dec, heads * m.kv_lora_rank, m.qk_nope_head_dim, prec))
         ops.append(Op("attn_decode", "attn_decode",
                       2.0 * dec * b.decode_ctx * heads * (latent + m.kv_lora_rank),
@@ -98,7 +98,7 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
     return [
         _gemm("qkv_proj", tokens, (heads + 2 * kv_heads) * d, h, prec),
         Op("attn_prefill", "attn_prefill", 4.0 * pre * span * heads * d,
-           pre * (heads + 2 * kv_heads) * d * prec.act_bytes * 2),
+           pre * (heads + 2 * kv_heads) * d * prec.act_bytes * 2, 2.0 * span),
         Op("attn_decode", "attn_decode", 4.0 * dec * dec_ctx * heads * d,
            dec * dec_ctx * 2 * kv_heads * d * kv_b),
         _gemm("o_proj", tokens, h, heads * d, prec),
@@ -152,17 +152,22 @@ def lm_head_op(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> Op:
     return _gemm("lm_head", rows, model.vocab_size / lay.tp, model.hidden_size, prec)
 
 
-def op_time_s(op: Op, acc: Accelerator, dtype: str, prof: Profile) -> Num:
-    """Roofline time: the slower of compute and memory at calibrated efficiency, plus overhead."""
-    if op.kind in ("gemm", "moe"):
-        eff_c = prof.gemm_eff(dtype, op.m)
-        peak = acc.flops(dtype)
-    elif op.kind == "attn_prefill":
-        eff_c, peak = prof.attn_prefill_eff, acc.flops("bf16")
+def op_time_s(op: Op, acc: Accelerator, prec: Precision, prof: Profile) -> Num:
+    """Roofline time at the calibrated efficiency of the op's family, plus its fixed latency.
+
+    GEMMs run at the GEMM dtype's peak, fused MoE at the weight dtype's fit, attention at the
+    16-bit peak with the KV dtype's fit (FP8 KV halves the bytes, not the math).
+    """
+    if op.kind == "elementwise":
+        return op.bytes / (acc.hbm_gbps * 1e9 * prof.elementwise_mem_eff)
+    if op.kind == "gemm":
+        fit, peak = prof.gemm_fit(prec.gemm), acc.flops(prec.gemm)
+    elif op.kind == "moe":
+        fit, peak = prof.moe_fit(prec.weights), acc.flops(prec.gemm)
     else:
-        eff_c, peak = prof.attn_decode_compute_eff, acc.flops("bf16")
-    eff_m = prof.attn_decode_mem_eff if op.kind == "attn_decode" else prof.mem_eff
-    compute = op.flops / (peak * eff_c)
-    memory = op.bytes / (acc.hbm_gbps * 1e9 * eff_m)
+        fit = prof.attn_fit("prefill" if op.kind == "attn_prefill" else "decode", prec.kv)
+        peak = acc.flops("bf16")
+    compute = op.flops / (peak * fit.compute(op.m))
+    memory = op.bytes / (acc.hbm_gbps * 1e9 * fit.mem_eff)
     active = np.asarray(op.flops + op.bytes) > 0
-    return np.maximum(compute, memory) + np.where(active, prof.kernel_overhead_us * 1e-6, 0.0)
+    return np.maximum(compute, memory) + np.where(active, fit.t0_us * 1e-6, 0.0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from costmodel import comm
-from costmodel.calibration.profile import Profile
+from costmodel.calibration.profile import CommFit, Profile
 from costmodel.engines import Engine, engine, engines
 from costmodel.layout import Layout
 from costmodel.workload import SLO, Workload
@@ -13,7 +13,7 @@ from hardware.specs import Link
 from planner import PlannerInputError, estimate
 
 LINK = Link(name="test", gbps=100.0, latency_us=2.0)
-PROF = Profile(comm_eff=0.5, comm_overhead_us=10.0)
+PROF = CommFit(eff=0.5, alpha_us=10.0)
 
 
 def test_all_reduce_ring_and_tree_by_hand():
