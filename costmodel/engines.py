@@ -27,6 +27,7 @@ class Engine(BaseModel):
     max_num_batched_tokens: int = Field(ge=1, description="Default token budget per iteration.")
     chunked_prefill: bool = Field(description="Whether prompts are split into budget-sized chunks.")
     closed_loop_wave: float = Field(ge=0, le=1, description="Share of a closed-loop prefill wave waited behind.")
+    ttft_overhead_ms: float = Field(ge=0, description="Request handling before the first prefill and after it.")
     sources: dict[str, str] = Field(default_factory=dict)
 
 

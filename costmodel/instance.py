@@ -15,6 +15,7 @@ import numpy as np
 
 from costmodel import comm
 from costmodel.calibration.profile import CommFit, Profile
+from costmodel.energy import capped_op_time_s
 from costmodel.engines import Engine
 from costmodel.layout import Layout
 from costmodel.models import ModelSpec
@@ -43,10 +44,24 @@ class Instance:
     profile: Profile
     engine: Engine
     moe_skew: float = 1.0
+    power_cap_w: float | None = None  # board power limit; None = the default limit (TDP) profiles were fit at
+
+    def __post_init__(self) -> None:
+        # the profile may carry end-to-end tuning for this engine: activate it once, here, so
+        # every path that builds an Instance (estimate, plan, simulate) sees the same numbers
+        tuning = self.profile.engines.get(self.engine.name)
+        if tuning is not None:
+            object.__setattr__(self, "engine", self.engine.model_copy(update=tuning.engine_updates()))
+            object.__setattr__(self, "profile", self.profile.for_engine(self.engine.name))
 
     @property
     def acc(self) -> Accelerator:
         return self.group.device
+
+    def _op_s(self, op: Op) -> Num:
+        if self.power_cap_w is None:
+            return op_time_s(op, self.acc, self.prec, self.profile)
+        return capped_op_time_s(op, self.acc, self.prec, self.profile, self.power_cap_w)
 
     @cached_property
     def tp_link(self) -> Link:
@@ -121,7 +136,7 @@ class Instance:
     # ---- public --------------------------------------------------------------------------
     def breakdown(self, b: Batch) -> dict[str, Num]:
         """Seconds per component for one full forward pass of batch `b` (all stages)."""
-        acc, prof, prec = self.acc, self.profile, self.prec
+        prec = self.prec
         m = self.model
         out: dict[str, Num] = {}
         kernels = 0
@@ -131,10 +146,10 @@ class Instance:
             ops = self._ops(b, moe_layer)
             kernels += count * len(ops)
             for op in ops:
-                out[op.name] = out.get(op.name, 0.0) + count * op_time_s(op, acc, prec, prof)
+                out[op.name] = out.get(op.name, 0.0) + count * self._op_s(op)
             for name, t in self._comm(b, moe_layer).items():
                 out[name] = out.get(name, 0.0) + count * t
-        out["lm_head"] = op_time_s(lm_head_op(m, self.layout, prec, b), acc, prec, prof)
+        out["lm_head"] = self._op_s(lm_head_op(m, self.layout, prec, b))
         if self.layout.pp > 1:
             sends = comm.send_recv_s(b.tokens / self.layout.attention_dp * prec.act_bytes * m.hidden_size,
                                      self.pp_link, self._fit("send_recv", self.pp_link))

@@ -46,13 +46,14 @@ class Op:
     kind: str  # gemm | attn_prefill | attn_decode | moe | elementwise
     flops: Num
     bytes: Num
-    m: Num = 1.0  # GEMM rows (tokens), for the shape-dependent efficiency
+    m: Num = 1.0  # parallel extent for the shape-dependent efficiency (see RooflineFit)
+    k: Num = 0.0  # reduction depth (GEMMs), 0 = not applicable
 
 
 def _gemm(name: str, m: Num, n: float, k: float, prec: Precision, kind: str = "gemm") -> Op:
     """y[m,n] = x[m,k] @ W[k,n]: weights in the weight dtype, activations 16-bit."""
     weights = np.where(np.asarray(m) > 0, n * k * prec.weight_bytes, 0.0)
-    return Op(name, kind, 2.0 * m * n * k, weights + m * (n + k) * prec.act_bytes, m)
+    return Op(name, kind, 2.0 * m * n * k, weights + m * (n + k) * prec.act_bytes, m * n, k)
 
 
 def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> list[Op]:
@@ -116,6 +117,13 @@ def experts_touched(tokens: Num, top_k: int, experts: int) -> Num:
     return experts * (1.0 - (1.0 - 1.0 / experts) ** (tokens * top_k))
 
 
+# Fused-MoE kernels sort, permute and un-permute every routed (token, expert) pair on each rank
+# before filtering to local experts (vLLM 0.19 fused_moe); the measured kernels fit best with
+# about four 16-bit hidden-sized passes per routed pair (shared/data/ops/*/moe.csv.gz; see
+# costmodel/calibration/kernels.py), a cost that does not shrink with EP.
+ROUTED_PASSES = 4.0
+
+
 def moe_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, skew: float = 1.0) -> list[Op]:
     """Router, routed experts on the busiest device (`skew` = max/mean load) and shared experts."""
     moe = model.moe
@@ -129,8 +137,9 @@ def moe_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, skew: floa
     ops = [
         _gemm("router", b.tokens / lay.attention_dp, moe.num_experts, h, prec),
         Op("experts", "moe", 2.0 * pairs * 3 * h * width,
-           touched * 3 * h * width * prec.weight_bytes + pairs * (2 * h + 3 * width) * prec.act_bytes,
-           pairs / np.maximum(touched, 1.0)),
+           touched * 3 * h * width * prec.weight_bytes + pairs * (2 * h + 3 * width) * prec.act_bytes
+           + ROUTED_PASSES * tokens_all * moe.top_k * h * prec.act_bytes,
+           pairs / np.maximum(touched, 1.0) * 2 * width, h),
     ]
     if moe.num_shared_experts:
         shared = moe.num_shared_experts * moe.shared_intermediate_size / lay.tp
@@ -159,7 +168,7 @@ def op_time_s(op: Op, acc: Accelerator, prec: Precision, prof: Profile) -> Num:
     16-bit peak with the KV dtype's fit (FP8 KV halves the bytes, not the math).
     """
     if op.kind == "elementwise":
-        return op.bytes / (acc.hbm_gbps * 1e9 * prof.elementwise_mem_eff)
+        return op.bytes / (acc.hbm_gbps * 1e9 * prof.elementwise_mem_eff) * prof.memory_scale
     if op.kind == "gemm":
         fit, peak = prof.gemm_fit(prec.gemm), acc.flops(prec.gemm)
     elif op.kind == "moe":
@@ -167,7 +176,8 @@ def op_time_s(op: Op, acc: Accelerator, prec: Precision, prof: Profile) -> Num:
     else:
         fit = prof.attn_fit("prefill" if op.kind == "attn_prefill" else "decode", prec.kv)
         peak = acc.flops("bf16")
-    compute = op.flops / (peak * fit.compute(op.m))
-    memory = op.bytes / (acc.hbm_gbps * 1e9 * fit.mem_eff)
+    compute = op.flops / (peak * fit.compute(op.m, op.k)) * prof.compute_scale
+    memory = op.bytes / (acc.hbm_gbps * 1e9 * fit.memory(op.bytes)) * prof.memory_scale
     active = np.asarray(op.flops + op.bytes) > 0
-    return np.maximum(compute, memory) + np.where(active, fit.t0_us * 1e-6, 0.0)
+    t = np.maximum(compute, memory) + np.where(active, fit.t0_us * 1e-6 * prof.fixed_scale, 0.0)
+    return t * prof.moe_scale if op.kind == "moe" else t

@@ -83,7 +83,7 @@ def closed_loop(inst: Instance, isl: int, osl: int, clients: int, running_cap: i
             break
     lam = n / (pre + (osl - 1) * tpot)
     queue = max(clients - n, 0.0) / lam
-    return Steady(ttft_s=queue + pre, tpot_s=tpot, requests_per_s=lam, decode_batch=lam * (osl - 1) * tpot,
+    return Steady(ttft_s=queue + pre + inst.engine.ttft_overhead_ms * 1e-3, tpot_s=tpot, requests_per_s=lam, decode_batch=lam * (osl - 1) * tpot,
                   prefill_tokens_per_step=lam * isl * tpot, admitted=n, queue_s=queue, osl=osl)
 
 
@@ -110,7 +110,7 @@ def open_loop(inst: Instance, isl: int, osl: int, rate_rps: float, running_cap: 
         tpot = new_tpot
         if done:
             break
-    service = 0.5 * tpot + x + tpot
+    service = 0.5 * tpot + x + tpot + inst.engine.ttft_overhead_ms * 1e-3
     queue = rho / (2 * (1 - rho)) * (x + tpot)
     b = rate_rps * (osl - 1) * tpot
     return Steady(ttft_s=queue + service, tpot_s=tpot, requests_per_s=rate_rps, decode_batch=b,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,3 +63,19 @@ def unknown(kind: str, name: str, known: list[str], hint: str = "") -> UnknownNa
     suggestion = f"; did you mean '{close[0]}'?" if close else ""
     extra = f" ({hint})" if hint else ""
     return UnknownNameError(f"unknown {kind} '{name}'{suggestion}{extra}")
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` so readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from costmodel.calibration.profile import Profile, profile_for
 from costmodel.catalog import model as load_model
+from costmodel.energy import check_power_cap
 from costmodel.engines import engine as load_engine
 from costmodel.estimate import Estimate, build_instance, estimate_instance
 from costmodel.layout import Layout
@@ -82,9 +85,13 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
          workload: Workload | dict[str, Any] | None = None, precision: str = "bf16", engine: str = "vllm",
          kv_cache_dtype: str = "auto", profile: str | Path | Profile | None = None,
          search_strategy: str = "exhaustive", budget_s: float = 60.0, n_jobs: int = 1,
-         cross_domain_tp: bool = False, seed: int = 0) -> PlanResult:
+         cross_domain_tp: bool = False, seed: int = 0, power_caps: Sequence[float | None] = (None,),
+         usd_per_device_hour: float = 1.0, progress: Callable[[int, int], None] | None = None) -> PlanResult:
     """Every valid layout of `model` on `cluster`, ranked by goodput per device under `slo`.
 
+    With `power_caps` (watts per device; None = uncapped) every layout is also evaluated at each
+    cap, so the plans span the energy-latency trade-off (`result.pareto`). `usd_per_device_hour`
+    prices `cost_per_mtok`; `progress(done, total)` is called after each cap and device group.
     Raises InfeasibleError (naming what binds and by how much) when no layout qualifies.
     """
     spec = load_model(model)
@@ -92,24 +99,37 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
     slo_, wl = as_slo(slo), as_workload(workload)
     prec = load_precision(precision, kv_cache_dtype)
     eng = load_engine(engine)
+    caps = _power_caps(power_caps, clu, profile)
+    if not (isinstance(usd_per_device_hour, (int, float)) and 0 < usd_per_device_hour < math.inf):
+        raise PlannerInputError(f"usd_per_device_hour={usd_per_device_hour!r} must be a positive price per "
+                                "device-hour, e.g. 2.5")
     started = time.monotonic()
     evaluated = []
-    for group in clu.groups:
-        objective = ServingObjective(spec, group, prec, _profile(group.device.name, profile), eng, wl, slo_)
+    steps = [(cap, group) for cap in caps for group in clu.groups]
+    for step, (cap, group) in enumerate(steps):
+        objective = ServingObjective(spec, group, prec, _profile(group.device.name, profile), eng, wl, slo_,
+                                     power_cap_w=cap, usd_per_device_hour=usd_per_device_hour)
         space = Space(spec, group, cross_domain_tp=cross_domain_tp)
-        found = search(space, objective, Budget(time_s=budget_s, seed=seed, n_jobs=n_jobs), search_strategy)
-        evaluated += [(group.device.name, e) for e in found]
+        left = max(budget_s - (time.monotonic() - started), 1e-3)
+        found = search(space, objective, Budget(time_s=left, seed=seed, n_jobs=n_jobs), search_strategy)
+        evaluated += [((group.device.name, objective), e) for e in found]
+        if progress is not None:
+            progress(step + 1, len(steps))
     ordered = rank([e for _, e in evaluated])
     device_of = {id(e): d for d, e in evaluated}
     plans, rejected = [], []
     for e in ordered:
-        p = Plan(layout=e.layout, replicas=e.layout.dp, device=device_of[id(e)], metrics=e.metrics,
-                 score=e.score, feasible=e.feasible, binding=e.binding, detail=e.detail)
+        device, objective = device_of[id(e)]
+        details = objective.details(e.layout) if e.feasible else {}
+        p = Plan(layout=e.layout, replicas=e.layout.dp, device=device, metrics=e.metrics,
+                 score=e.score, feasible=e.feasible, binding=e.binding, detail=e.detail,
+                 power_cap_w=objective.power_cap_w, **details)
         (plans if e.feasible else rejected).append(p)
     plans = _with_reasons(plans, slo_)
     request = {"model": spec.name, "cluster": clu.name, "devices": clu.num_devices,
                "slo": slo_.model_dump(exclude_none=True), "workload": wl.model_dump(exclude_none=True),
-               "precision": prec.label, "engine": eng.name}
+               "precision": prec.label, "engine": eng.name, "power_caps": list(caps),
+               "usd_per_device_hour": usd_per_device_hour, "cluster_shape": _cluster_shape(clu)}
     stats = {"strategy": search_strategy, "evaluated": len(ordered), "feasible": len(plans),
              "seconds": round(time.monotonic() - started, 3),
              "objective": "goodput_rps per device" if wl.rate_rps else "output tok/s per device"}
@@ -117,6 +137,31 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
     if not plans:
         raise InfeasibleError(_why_nothing(spec.name, clu.name, rejected, slo_), result)
     return result
+
+
+def _power_caps(caps: Sequence[float | None], clu: Cluster,
+                profile: str | Path | Profile | None) -> tuple[float | None, ...]:
+    """The distinct caps in order, each checked against every device kind of the cluster."""
+    if isinstance(caps, (str, bytes)) or not isinstance(caps, Sequence) or not caps:
+        raise PlannerInputError("power_caps: give a list of watts per device, e.g. (None, 600, 500), "
+                                "None meaning uncapped")
+    out: list[float | None] = []
+    for cap in caps:
+        if cap is not None and not isinstance(cap, (int, float)):
+            raise PlannerInputError(f"power_caps: {cap!r} is not a number of watts; use e.g. 500 or None")
+        value = None if cap is None else float(cap)
+        for group in clu.groups:
+            check_power_cap(group.device, value, _profile(group.device.name, profile))
+        if value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+def _cluster_shape(clu: Cluster) -> list[dict[str, Any]]:
+    """The device grid of each node group, so a report can draw plans onto it."""
+    return [{"accelerator": g.device.name, "num_nodes": g.num_nodes, "devices_per_node": g.devices_per_node,
+             "nodes_per_domain": g.nodes_per_domain, "scaleup": g.scaleup.name, "scaleout": g.scaleout.name}
+            for g in clu.groups]
 
 
 def _with_reasons(plans: list[Plan], slo: SLO) -> list[Plan]:

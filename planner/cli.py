@@ -1,4 +1,4 @@
-"""The `planner` command line: estimate, plan, models, clusters.
+"""The `planner` command line: estimate, plan, report, models, clusters.
 
 Bad input prints one line (`error: ...`) to stderr and exits 2; nothing feasible also exits 2
 after saying what binds. Output files are written atomically.
@@ -10,10 +10,13 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from costmodel import catalog as model_catalog
@@ -23,6 +26,8 @@ from hardware import catalog as hw_catalog
 from hardware.errors import PlannerInputError
 from hardware.topology import tiers_table
 from planner.api import InfeasibleError, estimate, plan
+from planner.emit import parse_targets
+from planner.report import write_report
 from planner.result import PlanResult
 
 EXIT_BAD_INPUT = 2
@@ -93,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="parallel workers for candidate evaluation")
     p.add_argument("--top", type=_positive_int, default=10, help="plans to print")
     p.add_argument("--out", help="folder to write plans.json into")
+    p.add_argument("--emit", help="deployment files to write under --out for the best plans: a comma list of "
+                                  "vllm, sglang, trtllm, dynamo, k8s, ascend")
+    p.add_argument("--emit-top", type=_positive_int, default=3, help="how many of the best plans --emit writes")
+    p.add_argument("--power-caps", type=_power_caps, default=[None],
+                   help="also evaluate every layout at these board power caps, watts per device, e.g. "
+                        "700,600,500,400 ('none' = uncapped)")
+    p.add_argument("--usd-per-device-hour", type=_positive_float, default=1.0,
+                   help="price per device-hour for the cost_per_mtok metric (default 1: device-hours per M tokens)")
+    r = sub.add_parser("report", help="write report.html, PNG fronts and summary.md for a plans folder")
+    r.add_argument("plans_dir", help="folder holding plans.json (from `planner plan ... --out`)")
+    r.add_argument("--out", help="folder to write the report into (default: plans_dir)")
     m = sub.add_parser("models", help="list the model catalog")
     m.add_argument("--json", action="store_true")
     c = sub.add_parser("clusters", help="list the cluster catalog")
@@ -132,24 +148,58 @@ def cmd_estimate(a: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def _power_caps(text: str) -> list[float | None]:
+    caps: list[float | None] = []
+    for part in (x.strip() for x in text.split(",")):
+        if part.lower() in ("none", "uncapped"):
+            caps.append(None)
+            continue
+        try:
+            caps.append(_positive_float(part))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"'{part}' is not a power cap in watts; give e.g. 700,600,500") from None
+    return caps
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (terminals only) fed by `plan(progress=...)`."""
+    bar = Progress(TextColumn("searching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), transient=True, disable=not (enabled and sys.stderr.isatty()))
+    task = bar.add_task("search", total=None)
+
+    def tick(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield tick
+
+
 def _plans_table(r: PlanResult, top: int) -> Table:
     t = Table(title=f"{r.request['model']} on {r.request['cluster']}: {r.search['feasible']} feasible of "
                     f"{r.search['evaluated']} layouts in {r.search['seconds']} s (ranked by {r.search['objective']})")
-    for col in ("#", "layout", "replicas", "devices", "TTFT ms", "TPOT ms", "tok/s", "goodput req/s", "score"):
+    for col in ("#", "layout", "replicas", "devices", "cap W", "TTFT ms", "TPOT ms", "tok/s", "goodput req/s",
+                "J/tok", "score"):
         t.add_column(col, justify="right" if col not in ("layout",) else "left")
     for p in r.plans[:top]:
         m = p.metrics
         t.add_row(str(p.rank), p.layout.model_copy(update={"dp": 1}).label(), str(p.replicas), str(p.devices),
+                  "-" if p.power_cap_w is None else f"{p.power_cap_w:g}",
                   _fmt(m["ttft_ms"], 0), _fmt(m["tpot_ms"]), _fmt(m["output_tok_s"], 0),
-                  _fmt(m["goodput_rps"], 2), f"{p.score:.4g}")
+                  _fmt(m["goodput_rps"], 2), _fmt(m.get("energy_j_per_token", math.nan), 3), f"{p.score:.4g}")
     return t
 
 
 def cmd_plan(a: argparse.Namespace, out: Console) -> int:
     slo = {k: v for k, v in (("ttft_ms", a.ttft_ms), ("tpot_ms", a.tpot_ms)) if v}
+    targets = parse_targets(a.emit) if a.emit else []
+    if targets and not a.out:
+        raise PlannerInputError("--emit writes deployment files under --out; give --out FOLDER")
     try:
-        r = plan(a.model, a.cluster, slo=slo, workload=_workload(a), precision=a.precision, engine=a.engine,
-                 kv_cache_dtype=a.kv_cache_dtype, profile=a.profile, budget_s=a.budget_s, n_jobs=a.jobs)
+        with _progress(not a.json) as tick:
+            r = plan(a.model, a.cluster, slo=slo, workload=_workload(a), precision=a.precision, engine=a.engine,
+                     kv_cache_dtype=a.kv_cache_dtype, profile=a.profile, budget_s=a.budget_s, n_jobs=a.jobs,
+                     power_caps=a.power_caps, usd_per_device_hour=a.usd_per_device_hour, progress=tick)
     except InfeasibleError as exc:
         if a.out:
             exc.result.save(a.out)
@@ -157,6 +207,10 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
     if a.out:
         path = r.save(a.out)
         out.print(f"wrote {path}", style="dim") if not a.json else None
+    for target in targets:
+        written = r.emit(target, a.out, top=a.emit_top)
+        out.print(f"wrote {len(written)} {target} files under {Path(a.out) / target}", style="dim") \
+            if not a.json else None
     if a.json:
         print(json.dumps(r.as_dict(), indent=2))
         return 0
@@ -207,9 +261,17 @@ def cmd_clusters(a: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace, out: Console) -> int:
+    written = write_report(a.plans_dir, a.out)
+    for path in written.values():
+        out.print(f"wrote {path}", style="dim")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "estimate": cmd_estimate, "plan": cmd_plan, "models": cmd_models, "clusters": cmd_clusters,
 }
+COMMANDS["report"] = cmd_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass, replace
 
 from costmodel.calibration.profile import Profile
+from costmodel.energy import serving_energy
 from costmodel.engines import Engine
-from costmodel.estimate import estimate_instance, instance_memory
+from costmodel.estimate import Estimate, estimate_instance, instance_memory
 from costmodel.instance import Instance
 from costmodel.layout import Layout
 from costmodel.models import ModelSpec
@@ -27,16 +28,40 @@ class ServingObjective:
     engine: Engine
     workload: Workload
     slo: SLO
+    power_cap_w: float | None = None  # board power limit every device of the plan runs at
+    usd_per_device_hour: float = 1.0  # price for cost_per_mtok (1.0: device-hours per million tokens)
 
     def _metrics(self, inst: Instance, wl: Workload, replicas: int) -> dict[str, float]:
-        e = estimate_instance(replace(inst, layout=inst.layout.model_copy(update={"dp": replicas})), wl)
+        placed = replace(inst, layout=inst.layout.model_copy(update={"dp": replicas}))
+        e = estimate_instance(placed, wl)
         return {"ttft_ms": e.ttft_ms, "tpot_ms": e.tpot_ms, "output_tok_s": e.output_tok_s,
                 "requests_per_s": e.requests_per_s, "decode_batch": e.decode_batch,
                 "weights_gib": e.memory["weights"], "kv_cache_gib": e.memory["kv_cache"],
-                "max_running": float(e.max_running)}
+                "max_running": float(e.max_running), **self._energy_metrics(placed, wl, e)}
+
+    def _energy_metrics(self, inst: Instance, wl: Workload, e: Estimate) -> dict[str, float]:
+        """Power, energy and cost of the placed plan, and the per-device and per-user rates of the fronts."""
+        out = serving_energy(inst, wl, e).metrics()
+        devices = inst.layout.total_devices
+        out["output_tok_s_per_device"] = e.output_tok_s / devices
+        out["tok_s_per_user"] = 1e3 / e.tpot_ms if 0 < e.tpot_ms < math.inf else 0.0
+        tokens_per_hour = e.output_tok_s * 3600.0
+        out["cost_per_mtok"] = (self.usd_per_device_hour * devices / tokens_per_hour * 1e6
+                                if tokens_per_hour > 0 else math.inf)
+        if self.power_cap_w is not None:
+            out["power_cap_w"] = self.power_cap_w
+        return out
+
+    def details(self, layout: Layout) -> dict[str, dict[str, float]]:
+        """Per-op time (ms per iteration) and per-device memory (GiB) of a placed layout, for reports."""
+        inst = Instance(self.model, layout, self.prec, self.group, self.profile, self.engine,
+                        power_cap_w=self.power_cap_w)
+        e = estimate_instance(inst, self.workload)
+        return {"breakdown_ms": dict(e.breakdown_ms), "memory_gib": dict(e.memory)}
 
     def __call__(self, layout: Layout) -> Evaluated:
-        inst = Instance(self.model, layout, self.prec, self.group, self.profile, self.engine)
+        inst = Instance(self.model, layout, self.prec, self.group, self.profile, self.engine,
+                        power_cap_w=self.power_cap_w)
         wl = self.workload
         mem = instance_memory(inst, wl, self.engine.max_num_batched_tokens)
         cap = max_running(inst, mem.kv_tokens, wl.isl, wl.osl)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from costmodel.layout import Layout
 from hardware.errors import PlannerInputError
+from hardware.loading import write_atomic
+from planner.pareto import front as pareto_front
 
 
 def _finite(v: Any) -> Any:
@@ -36,13 +36,17 @@ class Plan:
     detail: str = ""
     rank: int = 0
     why: str = ""
+    power_cap_w: float | None = None  # board power limit of every device; None = default (TDP)
+    breakdown_ms: dict[str, float] = field(default_factory=dict)  # per-op time of one iteration
+    memory_gib: dict[str, float] = field(default_factory=dict)  # per-device memory
 
     @property
     def devices(self) -> int:
         return self.layout.instance_devices * self.replicas
 
     def label(self) -> str:
-        return f"{self.layout.model_copy(update={'dp': 1}).label()} x{self.replicas} on {self.device}"
+        cap = f" @{self.power_cap_w:g}W" if self.power_cap_w is not None else ""
+        return f"{self.layout.model_copy(update={'dp': 1}).label()} x{self.replicas} on {self.device}{cap}"
 
     def explain(self) -> str:
         """Why this plan ranks where it does (or why it was rejected)."""
@@ -59,7 +63,8 @@ class Plan:
         return {"rank": self.rank, "layout": self.layout.model_dump(), "replicas": self.replicas,
                 "devices": self.devices, "device": self.device, "score": _finite(self.score),
                 "feasible": self.feasible, "metrics": _finite(self.metrics), "binding": self.binding,
-                "detail": self.detail, "why": self.why, "label": self.label()}
+                "detail": self.detail, "why": self.why, "label": self.label(), "power_cap_w": self.power_cap_w,
+                "breakdown_ms": _finite(self.breakdown_ms), "memory_gib": _finite(self.memory_gib)}
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,15 @@ class PlanResult:
             raise PlannerInputError("no feasible plan; see `rejected` for what binds")
         return self.plans[0]
 
+    @property
+    def pareto(self) -> list[Plan]:
+        """Feasible plans on the front of energy per output token against TPOT (both lower is better)."""
+        return self.front("tpot_ms", "energy_j_per_token")
+
+    def front(self, x: str, y: str) -> list[Plan]:
+        """Feasible plans not dominated on metrics `x` and `y` (sense per `planner.pareto.HIGHER_IS_BETTER`)."""
+        return pareto_front(self.plans, x, y)
+
     def as_dict(self) -> dict[str, Any]:
         return {"request": self.request, "search": self.search,
                 "plans": [p.as_dict() for p in self.plans],
@@ -86,18 +100,9 @@ class PlanResult:
         """Write `plans.json` in `out_dir` atomically (temp file + rename)."""
         return write_atomic(Path(out_dir) / "plans.json", json.dumps(self.as_dict(), indent=2) + "\n")
 
+    def emit(self, engine: str, out_dir: str | Path, top: int = 1) -> list[Path]:
+        """Deployment files of the `top` best plans for `engine` (vllm, sglang, trtllm, dynamo, k8s,
+        ascend) under `out_dir/<engine>/plan-<rank>/`; returns the written paths (see planner.emit)."""
+        from planner.emit import emit  # planner.emit imports this module
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` so readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        return emit(self, engine, out_dir, top)

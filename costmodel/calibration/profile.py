@@ -19,24 +19,40 @@ PROFILES = Path(__file__).parent.parent / "data" / "profiles"
 
 
 class RooflineFit(BaseModel):
-    """t = max(FLOPs / (peak x compute_eff x m/(m + m_half)), bytes / (bw x mem_eff)) + t0.
+    """t = max(FLOPs / (peak x compute_eff x ramp(m) x ramp(k)), bytes / (bw x mem_eff x ramp(B))) + t0,
+    with ramp(x) = x / (x + x_half).
 
-    `m` is the op's parallel extent: GEMM rows (tokens), prefill sequence length, or
-    tokens per expert for fused MoE; m_half = 0 means no shape dependence.
+    `m` is the op's parallel extent: output elements for a GEMM (rows x columns: too few output
+    tiles leave SMs idle), prefill sequence length for attention, output elements per expert for
+    fused MoE; `k` the reduction depth (shallow GEMMs are dominated by prologue/epilogue).
+    Small transfers do not saturate HBM, hence the ramp in bytes B. A zero half-point disables
+    that ramp.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     compute_eff: float = Field(gt=0, le=1.5, description="Large-shape fraction of dense peak.")
     m_half: float = Field(default=0.0, ge=0, description="Extent at which compute efficiency halves.")
+    k_half: float = Field(default=0.0, ge=0, description="Reduction depth at which compute efficiency halves.")
     mem_eff: float = Field(gt=0, le=1.5, description="Achieved fraction of HBM bandwidth.")
+    bytes_half: float = Field(default=0.0, ge=0, description="Bytes at which bandwidth efficiency halves.")
     t0_us: float = Field(default=0.0, ge=0, description="Fixed latency per call (launch, tail).")
 
-    def compute(self, m: float | np.ndarray) -> float | np.ndarray:
-        if self.m_half <= 0:
-            return self.compute_eff
-        m = np.maximum(m, 1.0)
-        return self.compute_eff * m / (m + self.m_half)
+    def compute(self, m: float | np.ndarray, k: float | np.ndarray = 0.0) -> float | np.ndarray:
+        eff = self.compute_eff
+        if self.m_half > 0:
+            m = np.maximum(m, 1.0)
+            eff = eff * m / (m + self.m_half)
+        if self.k_half > 0 and np.any(np.asarray(k) > 0):
+            k = np.maximum(k, 1.0)
+            eff = eff * k / (k + self.k_half)
+        return eff
+
+    def memory(self, nbytes: float | np.ndarray) -> float | np.ndarray:
+        if self.bytes_half <= 0:
+            return self.mem_eff
+        nbytes = np.maximum(nbytes, 1.0)
+        return self.mem_eff * nbytes / (nbytes + self.bytes_half)
 
 
 class CommFit(BaseModel):
@@ -46,6 +62,8 @@ class CommFit(BaseModel):
 
     eff: float = Field(gt=0, le=1.5, description="Achieved fraction of the tier's per-direction bandwidth.")
     alpha_us: float = Field(ge=0, description="Fixed latency per call, on top of per-step link latency.")
+    step_us: float | None = Field(default=None, ge=0,
+                                  description="Measured latency per algorithm step; None = the link's latency.")
 
 
 class FitError(BaseModel):
@@ -57,6 +75,32 @@ class FitError(BaseModel):
     train_mdape: float = Field(description="Median absolute percentage error on the rows fitted.")
     leaveout_mdape: float = Field(description="Median APE on rows held out of the fit (5-fold).")
     source: str = Field(default="", description="Data file(s) the rows came from.")
+
+
+class EngineTuning(BaseModel):
+    """What one engine does to the kernels' standalone speed, fitted from end-to-end runs.
+
+    Kernel fits come from isolated micro-benchmarks; inside an engine (CUDA graphs, fused
+    epilogues, other kernel choices, a warm L2) the same op runs at a different speed. The
+    scales multiply the compute side, the memory side and fused-MoE time of every op; the
+    rest overrides the engine's constants in `costmodel/data/engines.yaml`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compute_scale: float = Field(default=1.0, gt=0, description="Multiplier on compute-bound op time.")
+    memory_scale: float = Field(default=1.0, gt=0, description="Multiplier on memory-bound op time.")
+    moe_scale: float = Field(default=1.0, gt=0, description="Multiplier on fused-MoE op time.")
+    fixed_scale: float = Field(default=1.0, ge=0, description="Multiplier on per-kernel fixed latency (graphs hide it).")
+    iteration_overhead_ms: float | None = Field(default=None, ge=0)
+    per_seq_overhead_us: float | None = Field(default=None, ge=0)
+    closed_loop_wave: float | None = Field(default=None, ge=0, le=1)
+    ttft_overhead_ms: float | None = Field(default=None, ge=0)
+    fitted_on: str = Field(default="", description="Rows the tuning was fitted on, and the held-out error.")
+
+    def engine_updates(self) -> dict[str, float]:
+        names = ("iteration_overhead_ms", "per_seq_overhead_us", "closed_loop_wave", "ttft_overhead_ms")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
 def _fits(**kw: tuple[float, float, float, float]) -> dict[str, RooflineFit]:
@@ -74,8 +118,8 @@ class Profile(BaseModel):
         description="Where the numbers came from.",
     )
     gemm: dict[str, RooflineFit] = Field(
-        default_factory=lambda: _fits(bf16=(0.75, 48, 0.8, 3), fp8=(0.6, 96, 0.7, 4), int8=(0.6, 96, 0.7, 4),
-                                      fp4=(0.55, 128, 0.7, 4)),
+        default_factory=lambda: _fits(bf16=(0.75, 3e5, 0.8, 3), fp8=(0.6, 6e5, 0.7, 4), int8=(0.6, 6e5, 0.7, 4),
+                                      fp4=(0.55, 8e5, 0.7, 4)),
         description="GEMM fits by GEMM dtype.",
     )
     attn_prefill: dict[str, RooflineFit] = Field(
@@ -87,7 +131,7 @@ class Profile(BaseModel):
         description="Decode attention by KV dtype; bytes = the KV cache read.",
     )
     moe: dict[str, RooflineFit] = Field(
-        default_factory=lambda: _fits(bf16=(0.6, 64, 0.7, 20), fp8=(0.45, 128, 0.6, 25)),
+        default_factory=lambda: _fits(bf16=(0.6, 1e5, 0.7, 20), fp8=(0.45, 2e5, 0.6, 25)),
         description="Fused MoE by weight dtype; m = tokens per touched expert.",
     )
     elementwise_mem_eff: float = Field(default=0.6, gt=0, le=1, description="Norms, RoPE, activations.")
@@ -102,9 +146,19 @@ class Profile(BaseModel):
         description="Busiest-device load over the mean, by routing distribution.",
     )
     fit_error: dict[str, FitError] = Field(default_factory=dict, description="Per op family fit quality.")
+    compute_scale: float = Field(default=1.0, gt=0, description="Active engine's multiplier on compute time.")
+    memory_scale: float = Field(default=1.0, gt=0, description="Active engine's multiplier on memory time.")
+    moe_scale: float = Field(default=1.0, gt=0, description="Active engine's multiplier on fused-MoE time.")
+    fixed_scale: float = Field(default=1.0, ge=0, description="Active engine's multiplier on kernel fixed latency.")
+    engines: dict[str, EngineTuning] = Field(default_factory=dict, description="Per-engine end-to-end tuning.")
     error_band: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {"ttft_ms": (0.6, 1.6), "tpot_ms": (0.75, 1.3)},
         description="p10/p90 of measured/predicted per metric, from calibration residuals.",
+    )
+    power: dict[Literal["idle_w", "compute_frac", "memory_frac", "host_w", "nic_w", "switch_w"], float] = Field(
+        default_factory=dict,
+        description="Measured power constants overriding costmodel/energy.py's sourced defaults (W, or a "
+                    "fraction of TDP - idle for *_frac).",
     )
 
     @staticmethod
@@ -122,6 +176,14 @@ class Profile(BaseModel):
 
     def comm_fit(self, kind: str) -> CommFit:
         return self.comm.get(kind) or self.comm["all_reduce"]
+
+    def for_engine(self, engine: str) -> Profile:
+        """This profile with `engine`'s fitted scales active (unchanged when none were fitted)."""
+        t = self.engines.get(engine)
+        if t is None:
+            return self
+        return self.model_copy(update={"compute_scale": t.compute_scale, "memory_scale": t.memory_scale,
+                                       "moe_scale": t.moe_scale, "fixed_scale": t.fixed_scale})
 
 
 @cache

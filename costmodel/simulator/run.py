@@ -1,0 +1,100 @@
+"""Simulate one layout for a workload: KV capacity, the step table, the run, and its result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from costmodel.instance import Instance
+from costmodel.memory import memory_breakdown
+from costmodel.simulator.config import SchedulerConfig
+from costmodel.simulator.core import Simulation
+from costmodel.simulator.result import SimResult
+from costmodel.simulator.steptable import StepTable, build
+from costmodel.workload_dist import Draw
+from hardware.errors import PlannerInputError
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a run of `inst` needs besides its requests: resolved scheduler, KV blocks, step table."""
+
+    inst: Instance
+    sched: SchedulerConfig
+    kv_blocks: int
+    table: StepTable
+    replicas: int
+
+    @property
+    def pp(self) -> int:
+        return self.inst.layout.pp
+
+
+def kv_blocks(inst: Instance, sched: SchedulerConfig, isl: int, osl: int) -> int:
+    """KV-cache blocks of one instance from the memory model (`memory_breakdown`)."""
+    mem = memory_breakdown(inst.model, inst.layout, inst.prec, inst.acc, inst.engine, isl, osl,
+                           int(sched.chunked_prefill_tokens or inst.engine.max_num_batched_tokens))
+    return mem.kv_tokens // sched.block_size
+
+
+def setup(inst: Instance, sched: SchedulerConfig, draw: Draw, replicas: int = 1) -> Setup:
+    """Resolve the scheduler, size the KV cache for `draw`'s lengths and build the step table."""
+    sched = sched.resolve(inst.engine)
+    isl_med, osl_med = int(np.median(draw.isl)), int(np.median(draw.osl))
+    blocks = sched.kv_blocks or kv_blocks(inst, sched, isl_med, osl_med)
+    if blocks < 1:
+        mem = memory_breakdown(inst.model, inst.layout, inst.prec, inst.acc, inst.engine, isl_med, osl_med,
+                               int(sched.chunked_prefill_tokens))  # type: ignore[arg-type]
+        raise PlannerInputError(
+            f"layout {inst.layout.label()} of {inst.model.name} leaves no KV cache on {inst.acc.name} "
+            f"(weights {mem.weights_gib:.1f} GiB of {mem.capacity_gib:.1f} usable); use more devices or a "
+            "smaller precision")
+    pp = inst.layout.pp
+    per_engine_seqs = -(-int(sched.max_num_seqs) // pp)  # type: ignore[arg-type]
+    b_max = max(1, min(per_engine_seqs, blocks // pp))
+    longest = int((draw.isl + draw.osl).max())
+    budget = int(sched.chunked_prefill_tokens)  # type: ignore[arg-type]
+    t_max = budget if sched.policy == "chunked" else max(budget, b_max + longest)
+    table = build(inst, b_max, t_max, len_max=max(longest, 2048))
+    return Setup(inst, sched, blocks, table, replicas)
+
+
+def run(s: Setup, draw: Draw, rate_rps: float | None = None, slo_ms: dict[str, float] | None = None,
+        fail_limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> SimResult:
+    """Simulate `draw` (its arrivals rescaled to `rate_rps` when given) on `s`.
+
+    With `slo_ms` and `fail_limit`, stop as soon as more than `fail_limit` requests miss the SLO
+    (the goodput search only needs to know that attainment fell short)."""
+    arrivals = draw.arrivals_at(rate_rps)
+    slo_s = {k.replace("_ms", "_s"): v / 1e3 for k, v in (slo_ms or {}).items() if v is not None}
+    sim = Simulation(s.table, s.sched, s.kv_blocks, s.replicas, s.pp, draw.isl, draw.osl, arrivals,
+                     draw.concurrency, slo_s, fail_limit, progress)
+    log = sim.run()
+    notes = []
+    if s.table.exact:
+        notes.append(f"step table off by {s.table.max_rel_err:.1%} against step_s; every iteration used step_s")
+    if draw.trace is not None and draw.trace.excluded:
+        notes.append(f"{len(draw.trace.excluded)} trace requests excluded (first: line "
+                     f"{draw.trace.excluded[0][0]}, {draw.trace.excluded[0][1]})")
+    rejected = np.asarray(log.rejected)
+    if rejected.any():
+        notes.append(f"{int(rejected.sum())} requests need more KV cache than the instance has and were refused")
+    f = np.asarray
+    iterations = {"engine": f(log.it_engine, dtype=np.int64), "start_s": f(log.it_start, dtype=float),
+                  "dur_s": f(log.it_dur, dtype=float), "decode_seqs": f(log.it_dec, dtype=np.int64),
+                  "prefill_tokens": f(log.it_pre, dtype=np.int64), "prefill_chunks": f(log.it_chunks, dtype=np.int64),
+                  "waiting": f(log.it_wait, dtype=np.int64), "running": f(log.it_run, dtype=np.int64),
+                  "kv_blocks_used": f(log.it_kv, dtype=np.int64)}
+    inst = s.inst
+    return SimResult(
+        model=inst.model.name, device=inst.acc.name, layout=inst.layout.label(), engine=inst.engine.name,
+        scheduler=s.sched.model_dump(), replicas=s.replicas, pipeline_engines=s.pp, kv_blocks=s.kv_blocks,
+        arrival_s=f(log.arrival, dtype=float), first_token_s=f(log.first, dtype=float),
+        finish_s=f(log.finish, dtype=float), isl=draw.isl.copy(), osl=draw.osl.copy(),
+        preemptions_per_request=f(log.preempts, dtype=np.int64), replica=f(log.replica, dtype=np.int64),
+        rejected=rejected, iterations=iterations,
+        itl_samples=(f(log.itl_gap, dtype=float), f(log.itl_w, dtype=np.int64)),
+        preemption_events=tuple(log.preemptions), step_table_error=s.table.max_rel_err,
+        stopped_early=sim.aborted, notes=tuple(notes))
