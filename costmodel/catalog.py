@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,31 @@ def by_name(short: str) -> ModelSpec:
     return from_hf_config(raw, name=short, hf_id=meta["hf_id"], where=f"catalog model {short}")
 
 
-def model(ref: str | Path | dict[str, Any] | ModelSpec) -> ModelSpec:
-    """A ModelSpec from a catalog name or HF id (any case), a config.json path, or a dict."""
+def _torch_module(ref: Any) -> tuple[Any, Any] | None:
+    """(module, example) when `ref` is a torch module or a (module, example) pair; torch is only
+    looked at when the caller has imported it (a module cannot exist otherwise)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if isinstance(ref, torch.nn.Module):
+        return ref, None
+    if isinstance(ref, tuple) and len(ref) == 2 and isinstance(ref[0], torch.nn.Module):
+        return ref[0], ref[1]
+    return None
+
+
+def model(ref: str | Path | dict[str, Any] | ModelSpec | Any) -> ModelSpec:
+    """A ModelSpec from a catalog name or HF id (any case), a config.json path, a dict, or a torch
+    module (optionally `(module, example_input_or_shape)`, traced by costmodel.torch_import)."""
     if isinstance(ref, ModelSpec):
         return ref
     if isinstance(ref, dict):
         return from_hf_config(ref, where="model config")
+    module = _torch_module(ref)
+    if module is not None:  # a torch.nn.Module, or (module, example input or its shape): traced
+        from costmodel.torch_import import from_module
+
+        return from_module(*module)
     text = str(ref).strip()
     if not text:
         raise PlannerInputError("model: the name is empty; give a catalog name or a config.json path")

@@ -77,13 +77,16 @@ class Estimate:
 
 
 def build_instance(model: ModelSpec, layout: Layout, prec: Precision, group: NodeGroup,
-                   profile: Profile, engine: Engine) -> Instance:
-    check_layout(model, layout)
-    return Instance(model, layout, prec, group, profile, engine)
+                   profile: Profile, engine: Engine, redundant_experts: int = 0, micro_batches: int = 1) -> Instance:
+    """A checked Instance; MoE routing skew defaults to the profile's measured one (costmodel.moe)."""
+    check_layout(model, layout, redundant_experts)
+    return Instance(model, layout, prec, group, profile, engine, redundant_experts=redundant_experts,
+                    micro_batches=micro_batches)
 
 
 def instance_memory(inst: Instance, wl: Workload, budget: int) -> MemoryBreakdown:
-    return memory_breakdown(inst.model, inst.layout, inst.prec, inst.acc, inst.engine, wl.isl, wl.osl, budget)
+    return memory_breakdown(inst.model, inst.layout, inst.prec, inst.acc, inst.engine, wl.isl, wl.osl, budget,
+                            inst.redundant_experts)
 
 
 def estimate_instance(inst: Instance, wl: Workload, max_num_seqs: int | None = None,

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from costmodel import comm
+from costmodel import comm, moe, sp
 from costmodel.calibration.profile import CommFit, Profile
 from costmodel.energy import capped_op_time_s
 from costmodel.engines import Engine
@@ -31,6 +31,7 @@ from costmodel.ops import (
     op_time_s,
 )
 from costmodel.precision import Precision
+from hardware.errors import PlannerInputError
 from hardware.specs import Accelerator, Link, NodeGroup
 from hardware.topology import contiguous_tier
 
@@ -43,8 +44,11 @@ class Instance:
     group: NodeGroup
     profile: Profile
     engine: Engine
-    moe_skew: float = 1.0
+    moe_skew: float | None = None  # busiest/mean expert load; None = the profile's measured skew (costmodel.moe)
     power_cap_w: float | None = None  # board power limit; None = the default limit (TDP) profiles were fit at
+    redundant_experts: int = 0  # extra routed-expert copies per MoE layer balanced by EPLB (costs memory)
+    micro_batches: int = 1  # >1: micro-batches alternate so communication hides behind compute
+    sp_method: str = "auto"  # context parallelism with layout.sp > 1: ring, ulysses or the cheaper (costmodel.sp)
 
     def __post_init__(self) -> None:
         # the profile may carry end-to-end tuning for this engine: activate it once, here, so
@@ -53,6 +57,12 @@ class Instance:
         if tuning is not None:
             object.__setattr__(self, "engine", self.engine.model_copy(update=tuning.engine_updates()))
             object.__setattr__(self, "profile", self.profile.for_engine(self.engine.name))
+        if self.moe_skew is None:
+            object.__setattr__(self, "moe_skew", moe.default_skew(self.profile))
+        if self.micro_batches < 1:
+            raise PlannerInputError(f"micro_batches={self.micro_batches} must be 1 (no overlap) or more")
+        if self.redundant_experts < 0:
+            raise PlannerInputError(f"redundant_experts={self.redundant_experts} must be 0 or more extra expert copies")
 
     @property
     def acc(self) -> Accelerator:
@@ -72,6 +82,11 @@ class Instance:
         return contiguous_tier(self.group, self.layout.tp * self.layout.attention_dp)
 
     @cached_property
+    def routed_skew(self) -> float:
+        """Busiest EP rank's load over the mean, after EPLB when redundant experts are given."""
+        return moe.effective_skew(self.model, self.layout, float(self.moe_skew or 1.0), self.redundant_experts)
+
+    @cached_property
     def pp_link(self) -> Link:
         return contiguous_tier(self.group, self.layout.instance_devices)
 
@@ -79,7 +94,7 @@ class Instance:
     def _ops(self, b: Batch, moe_layer: bool) -> list[Op]:
         ops = attention_ops(self.model, self.layout, self.prec, b)
         if moe_layer:
-            ops += moe_ops(self.model, self.layout, self.prec, b, self.moe_skew)
+            ops += moe_ops(self.model, self.layout, self.prec, b, self.routed_skew, self.redundant_experts)
         else:
             ops += dense_mlp_ops(self.model, self.layout, self.prec, b)
         ops.append(elementwise_op(self.model, self.layout, b))
@@ -107,11 +122,9 @@ class Instance:
             return out
         group = lay.tp * lay.attention_dp
         if lay.ep > 1:
-            k = self.model.moe.top_k if self.model.moe else 1
             # dispatch + combine: each token's hidden state to (and back from) its top-k experts
-            a2a = comm.all_to_all_s(tokens_dev * k * act, lay.ep, self.ep_link, self._fit("all_to_all", self.ep_link))
-            out["ep_dispatch"] = a2a
-            out["ep_combine"] = a2a
+            out.update(moe.dispatch_combine_s(self.model, lay, self.prec, b, self.ep_link,
+                                              self._fit("all_to_all", self.ep_link), self.routed_skew))
             if lay.moe_tp > 1:
                 out["moe_tp_allreduce"] = comm.all_reduce_s(tokens_dev * act, lay.moe_tp, self.ep_link,
                                                                 self._fit("all_reduce", self.ep_link))
@@ -125,12 +138,14 @@ class Instance:
     def _overhead_s(self, b: Batch, kernels: int) -> Num:
         eng = self.engine
         # vLLM V1 and SGLang capture graphs by token count (mixed batches included);
-        # TensorRT-LLM replays graphs for generation-only batches.
-        in_graph = np.asarray(b.tokens) <= eng.cuda_graph_max_batch
+        # TensorRT-LLM replays graphs for generation-only batches. Attention-DP ranks each run their
+        # own scheduler and graphs over their own share of the batch, in parallel.
+        adp = self.layout.attention_dp
+        in_graph = np.asarray(b.tokens) / adp <= eng.cuda_graph_max_batch
         if not eng.graphs_cover_prefill:
             in_graph = in_graph & (np.asarray(b.prefill_tokens) == 0)
         per_kernel = np.where(in_graph, 0.0, eng.eager_kernel_overhead_us * 1e-6)
-        running = b.decode_seqs + b.prefill_seqs
+        running = (b.decode_seqs + b.prefill_seqs) / adp
         return eng.iteration_overhead_ms * 1e-3 + running * eng.per_seq_overhead_us * 1e-6 + per_kernel * kernels
 
     # ---- public --------------------------------------------------------------------------
@@ -140,14 +155,22 @@ class Instance:
         m = self.model
         out: dict[str, Num] = {}
         kernels = 0
+        mb = self.micro_batches
+        part = moe.micro_batch(b, mb) if mb > 1 else b
         for moe_layer, count in ((False, m.dense_layers), (True, m.moe_layers)):
             if not count:
                 continue
-            ops = self._ops(b, moe_layer)
-            kernels += count * len(ops)
+            ops = self._ops(part, moe_layer)
+            kernels += count * len(ops) * mb
+            times: dict[str, Num] = {}
             for op in ops:
-                out[op.name] = out.get(op.name, 0.0) + count * self._op_s(op)
-            for name, t in self._comm(b, moe_layer).items():
+                times[op.name] = times.get(op.name, 0.0) + mb * self._op_s(op)
+            per_part = self._comm(part, moe_layer)
+            per_part.update(sp.layer_comm_s(self, part, times.get("attn_prefill", 0.0) / mb))
+            comms = {name: mb * t for name, t in per_part.items()}
+            if mb > 1:
+                comms = moe.exposed_comm(sum(times.values()), comms, mb)
+            for name, t in (*times.items(), *comms.items()):
                 out[name] = out.get(name, 0.0) + count * t
         out["lm_head"] = self._op_s(lm_head_op(m, self.layout, prec, b))
         if self.layout.pp > 1:

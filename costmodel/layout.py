@@ -14,7 +14,8 @@ class Layout(BaseModel):
     One instance spans `tp x attention_dp x pp` devices; `dp` counts instances (replicas). A MoE
     layer's experts are split over `ep` ranks with MoE-TP = `tp x attention_dp / ep` (the
     TensorRT-LLM / SGLang convention). `sp` splits one long prompt's prefill over `sp` ranks of
-    the instance's `tp x attention_dp` group (context parallelism), so it must divide that group.
+    the instance's `tp x attention_dp` group (context parallelism), so it must divide that group;
+    the cost model takes those ranks from the attention-DP ones (`check_layout`, costmodel/sp.py).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,8 +55,11 @@ class Layout(BaseModel):
         return "-".join(parts)
 
 
-def check_layout(model: ModelSpec, layout: Layout) -> None:
-    """Raise PlannerInputError when `layout` cannot shard `model` (names the field and fix)."""
+def check_layout(model: ModelSpec, layout: Layout, redundant_experts: int = 0) -> None:
+    """Raise PlannerInputError when `layout` cannot shard `model` (names the field and fix).
+
+    With `redundant_experts` extra copies (EPLB) the expert slots, routed plus redundant, must divide
+    over `ep` (DeepSeek's decode: 256 + 32 over EP144)."""
     if model.num_heads % layout.tp:
         raise PlannerInputError(
             f"layout.tp={layout.tp} does not divide the {model.num_heads} attention heads of "
@@ -65,14 +69,23 @@ def check_layout(model: ModelSpec, layout: Layout) -> None:
         raise PlannerInputError(
             f"layout.pp={layout.pp} exceeds the {model.num_layers} layers of {model.name}"
         )
+    if layout.attention_dp % layout.sp:
+        raise PlannerInputError(
+            f"layout.sp={layout.sp} must divide attention_dp={layout.attention_dp}: context-parallel ranks are "
+            "attention-DP ranks that each hold all the weights (costmodel/sp.py); raise attention_dp"
+        )
     if model.moe is None:
         if layout.ep > 1:
             raise PlannerInputError(f"layout.ep={layout.ep} needs a MoE model; {model.name} is dense")
         return
-    if model.moe.num_experts % layout.ep:
+    if redundant_experts < 0:
+        raise PlannerInputError(f"redundant_experts={redundant_experts} must be 0 or more extra expert copies")
+    slots = model.moe.num_experts + redundant_experts
+    if slots % layout.ep:
+        extra = f" + {redundant_experts} redundant" if redundant_experts else ""
         raise PlannerInputError(
-            f"layout.ep={layout.ep} does not divide the {model.moe.num_experts} experts of "
-            f"{model.name}; pick a divisor of {model.moe.num_experts}"
+            f"layout.ep={layout.ep} does not divide the {model.moe.num_experts}{extra} experts of "
+            f"{model.name}; pick a divisor of {slots} or add redundant experts to a multiple of ep"
         )
     if model.moe.intermediate_size % layout.moe_tp:
         raise PlannerInputError(

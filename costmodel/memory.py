@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from costmodel.engines import Engine
 from costmodel.layout import Layout
 from costmodel.models import ModelSpec
+from costmodel.moe import expert_bytes_per_device
 from costmodel.precision import Precision
 from hardware.specs import Accelerator
 
@@ -37,8 +38,9 @@ class MemoryBreakdown:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def weight_bytes_per_device(model: ModelSpec, lay: Layout, prec: Precision) -> float:
-    """Weights on one device of the stage holding the most (the first: embeddings + layers)."""
+def weight_bytes_per_device(model: ModelSpec, lay: Layout, prec: Precision, redundant_experts: int = 0) -> float:
+    """Weights on one device of the stage holding the most (the first: embeddings + layers);
+    `redundant_experts` extra routed-expert copies per MoE layer (EPLB) add to every rank's share."""
     wb = prec.weight_bytes
     layers = -(-model.num_layers // lay.pp)
     dense_share = model.dense_layers / model.num_layers
@@ -46,11 +48,10 @@ def weight_bytes_per_device(model: ModelSpec, lay: Layout, prec: Precision) -> f
     per_layer += dense_share * model.dense_mlp_params / lay.tp
     if model.moe:
         moe_share = model.moe_layers / model.num_layers
-        experts = model.moe.num_experts * model.expert_params / (lay.tp * lay.attention_dp)
-        per_layer += moe_share * (experts + model.shared_expert_params / lay.tp + model.router_params)
+        per_layer += moe_share * (model.shared_expert_params / lay.tp + model.router_params)
     # Embedding and LM head are vocab-parallel over tp; with pp>1 they sit on different stages.
     vocab = (model.embedding_params + (model.lm_head_params if lay.pp == 1 else 0)) / lay.tp
-    return (layers * per_layer + vocab) * wb
+    return (layers * per_layer + vocab) * wb + expert_bytes_per_device(model, lay, prec, redundant_experts)
 
 
 def kv_bytes_per_token_device(model: ModelSpec, lay: Layout, prec: Precision, context: int | None = None) -> float:
@@ -72,10 +73,11 @@ def activation_bytes(model: ModelSpec, lay: Layout, tokens: int) -> float:
 
 
 def memory_breakdown(model: ModelSpec, lay: Layout, prec: Precision, acc: Accelerator,
-                     eng: Engine, isl: int, osl: int, max_batched_tokens: int) -> MemoryBreakdown:
+                     eng: Engine, isl: int, osl: int, max_batched_tokens: int,
+                     redundant_experts: int = 0) -> MemoryBreakdown:
     """Fit check and KV capacity for one instance (context = isl + osl for sliding layers)."""
     cap = acc.hbm_gib * eng.mem_fraction
-    weights = weight_bytes_per_device(model, lay, prec) / GIB
+    weights = weight_bytes_per_device(model, lay, prec, redundant_experts) / GIB
     acts = activation_bytes(model, lay, max_batched_tokens) / GIB
     reserve = eng.reserve_gib
     free = cap - weights - acts - reserve

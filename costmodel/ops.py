@@ -48,6 +48,7 @@ class Op:
     bytes: Num
     m: Num = 1.0  # parallel extent for the shape-dependent efficiency (see RooflineFit)
     k: Num = 0.0  # reduction depth (GEMMs), 0 = not applicable
+    family: str = ""  # a kernel family with its own fitted scale (MLA attention), "" = none
 
 
 def _gemm(name: str, m: Num, n: float, k: float, prec: Precision, kind: str = "gemm") -> Op:
@@ -80,11 +81,12 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
                          m.kv_lora_rank, prec))
         ops.append(Op("attn_prefill", "attn_prefill",
                       2.0 * pre * b.prefill_span * heads * (qk + m.v_head_dim),
-                      pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes, 2.0 * b.prefill_span))
+                      pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes, 2.0 * b.prefill_span,
+                      family="mla_prefill"))
         ops.append(_gemm("q_absorb", dec, heads * m.kv_lora_rank, m.qk_nope_head_dim, prec))
         ops.append(Op("attn_decode", "attn_decode",
                       2.0 * dec * b.decode_ctx * heads * (latent + m.kv_lora_rank),
-                      dec * b.decode_ctx * latent * kv_b))
+                      dec * b.decode_ctx * latent * kv_b, family="mla_decode"))
         ops.append(_gemm("v_absorb", dec, heads * m.v_head_dim, m.kv_lora_rank, prec))
         ops.append(_gemm("o_proj", tokens, h, heads * m.v_head_dim, prec))
         return ops
@@ -124,21 +126,30 @@ def experts_touched(tokens: Num, top_k: int, experts: int) -> Num:
 ROUTED_PASSES = 4.0
 
 
-def moe_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, skew: float = 1.0) -> list[Op]:
-    """Router, routed experts on the busiest device (`skew` = max/mean load) and shared experts."""
+def moe_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, skew: float = 1.0,
+            redundant: int = 0) -> list[Op]:
+    """Router, routed experts on the busiest device (`skew` = max/mean load) and shared experts.
+
+    `redundant` extra expert copies (EPLB) spread the same pairs over more local weights: a touched
+    expert's copies all get a share of its tokens.
+    """
     moe = model.moe
     assert moe is not None
     h = model.hidden_size
     tokens_all = b.tokens  # every attention-DP rank's tokens meet in the MoE layer
-    local_experts = moe.num_experts / lay.ep
+    copies = (moe.num_experts + redundant) / moe.num_experts
+    local_experts = moe.num_experts * copies / lay.ep
     width = moe.intermediate_size / lay.moe_tp
     pairs = tokens_all * moe.top_k / lay.ep * skew  # (token, expert) pairs on this device
-    touched = np.minimum(local_experts, experts_touched(tokens_all, moe.top_k, moe.num_experts) / lay.ep)
+    # The kernel's sort/permute passes run over the tokens it is handed: with EP, the dispatch hands
+    # a rank only the tokens with one of its experts among their top-k (all tokens when ep = 1).
+    seen = np.minimum(tokens_all, tokens_all * (1.0 - (1.0 - 1.0 / lay.ep) ** moe.top_k) * skew)
+    touched = np.minimum(local_experts, experts_touched(tokens_all, moe.top_k, moe.num_experts) * copies / lay.ep)
     ops = [
         _gemm("router", b.tokens / lay.attention_dp, moe.num_experts, h, prec),
         Op("experts", "moe", 2.0 * pairs * 3 * h * width,
            touched * 3 * h * width * prec.weight_bytes + pairs * (2 * h + 3 * width) * prec.act_bytes
-           + ROUTED_PASSES * tokens_all * moe.top_k * h * prec.act_bytes,
+           + ROUTED_PASSES * seen * moe.top_k * h * prec.act_bytes,
            pairs / np.maximum(touched, 1.0) * 2 * width, h),
     ]
     if moe.num_shared_experts:
@@ -180,4 +191,7 @@ def op_time_s(op: Op, acc: Accelerator, prec: Precision, prof: Profile) -> Num:
     memory = op.bytes / (acc.hbm_gbps * 1e9 * fit.memory(op.bytes)) * prof.memory_scale
     active = np.asarray(op.flops + op.bytes) > 0
     t = np.maximum(compute, memory) + np.where(active, fit.t0_us * 1e-6 * prof.fixed_scale, 0.0)
+    if op.family:
+        extra = np.where(active, prof.family_t0_us.get(op.family, 0.0) * 1e-6, 0.0)
+        t = t * prof.family_scale.get(op.family, 1.0) + extra
     return t * prof.moe_scale if op.kind == "moe" else t

@@ -4,26 +4,26 @@ Steady state of continuous batching with fixed lengths. Per iteration the runnin
 `B` and, on average, `P` prompt tokens share one forward pass (weights are read once, which is
 why piggy-backed prefill is cheap while decode is memory-bound). In steady state the arrival
 rate `lam` sets both: `B = lam (osl-1) tpot` and `P = lam isl tpot`; `tpot` is the iteration time
-of that mix. The three are solved as a damped fixed point.
+of that mix. The three are solved as a fixed point in `tpot`, bracketing it with vectorised
+evaluations of the cost model.
 
 TTFT = wait for admission (KV cache or `max_num_seqs` full: Little's law on the clients left
 outside) + half an iteration to the next boundary + the prompt's own prefill + the share of its
-closed-loop wave it waits behind (clients with fixed lengths stay in step, so prompts arrive in
-bursts; the engine constant `closed_loop_wave` is that share) or, in an open loop, M/D/1
-queueing on the instance's capacity.
+closed-loop wave it waits behind, or, in an open loop, M/D/1 queueing on the instance's capacity.
+Closed-loop clients with fixed lengths stay in step, so a share of the prompts (the engine
+constant `closed_loop_wave`, fitted) arrives in bursts: those lengthen TTFT instead of TPOT.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from costmodel.instance import Instance
 from costmodel.ops import Batch
-
-ITERATIONS = 80
-DAMPING = 0.5
-TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ class Steady:
 
 
 def max_running(inst: Instance, kv_tokens: int, isl: int, osl: int, max_num_seqs: int | None = None) -> int:
-    """Sequences the instance can hold at once: KV capacity at the mean context, or the cap."""
-    cap = max_num_seqs or inst.engine.max_num_seqs
+    """Sequences the instance can hold at once: KV capacity at the mean context, or the cap
+    (each attention-DP rank schedules its own sequences, so the cap applies per rank)."""
+    cap = (max_num_seqs or inst.engine.max_num_seqs) * inst.layout.attention_dp
     return int(min(cap, kv_tokens // max(isl + osl // 2, 1)))
 
 
@@ -57,9 +58,26 @@ def prompt_prefill_s(inst: Instance, isl: int, budget: int) -> float:
     return float(inst.prefill_s(isl, seqs)) / seqs
 
 
-def _mixed_step(inst: Instance, b: float, p: float, isl: int, osl: int) -> float:
-    return float(inst.step_s(Batch(decode_seqs=b, decode_ctx=isl + osl / 2, prefill_tokens=p,
-                                   prefill_span=isl / 2, prefill_seqs=p / isl)))
+def _mixed_step(inst: Instance, b: np.ndarray, p: np.ndarray, isl: int, osl: int) -> np.ndarray:
+    return np.asarray(inst.step_s(Batch(decode_seqs=b, decode_ctx=isl + osl / 2, prefill_tokens=p,
+                                        prefill_span=isl / 2, prefill_seqs=p / isl)), dtype=float)
+
+
+def fixed_point(g: Callable[[np.ndarray], np.ndarray], t_lo: float, refinements: int = 3) -> float:
+    """The T with g(T) = T, for g increasing slower than T (one crossing above `t_lo`, where
+    g(t_lo) > t_lo). Every candidate of a bracket is evaluated in one vectorised cost-model
+    call: a geometric grid over four decades, then finer linear grids inside the bracket."""
+    grid = t_lo * np.geomspace(1.0, 1e4, 64)
+    for _ in range(refinements + 1):
+        gap = g(grid) - grid
+        below = np.nonzero(gap <= 0)[0]
+        if len(below) == 0:
+            return math.inf
+        i = max(int(below[0]), 1)
+        lo, hi = grid[i - 1], grid[i]
+        g_lo, g_hi = gap[i - 1], gap[i]
+        grid = np.linspace(lo, hi, 24)
+    return float(lo + (hi - lo) * g_lo / (g_lo - g_hi)) if g_lo != g_hi else float(hi)
 
 
 def closed_loop(inst: Instance, isl: int, osl: int, clients: int, running_cap: int,
@@ -68,23 +86,26 @@ def closed_loop(inst: Instance, isl: int, osl: int, clients: int, running_cap: i
     budget = budget or inst.engine.max_num_batched_tokens
     n = float(min(clients, running_cap))
     x = prompt_prefill_s(inst, isl, budget)
-    tpot = float(inst.decode_s(n, isl + osl / 2))
-    pre = x + 1.5 * tpot
-    for _ in range(ITERATIONS):
-        lam = n / (pre + (osl - 1) * tpot)
-        b = lam * (osl - 1) * tpot
-        p = lam * isl * tpot
-        new_tpot = DAMPING * tpot + (1 - DAMPING) * _mixed_step(inst, b, p, isl, osl)
-        done = abs(new_tpot - tpot) < TOLERANCE * tpot
-        tpot = new_tpot
-        wave = inst.engine.closed_loop_wave * (n - 1) / 2 * x
-        pre = 0.5 * tpot + x + tpot + wave
-        if done:
-            break
-    lam = n / (pre + (osl - 1) * tpot)
+    # A share `w` of the prompts arrive in lock-step waves: they wait behind their wave's other
+    # prompts (TTFT) but are prefilled while the wave is not yet decoding, so they do not slow
+    # its decode steps; the rest arrive spread out and ride along in decode iterations (TPOT).
+    w = inst.engine.closed_loop_wave
+    wave = w * (n - 1) / 2 * x
+
+    def pre(t: np.ndarray) -> np.ndarray:
+        return 1.5 * t + x + wave
+
+    def g(t: np.ndarray) -> np.ndarray:
+        lam = n / (pre(t) + (osl - 1) * t)
+        return _mixed_step(inst, lam * (osl - 1) * t, (1 - w) * lam * isl * t, isl, osl)
+
+    tpot = fixed_point(g, 0.5 * float(inst.decode_s(1.0, isl + osl / 2)))
+    ttft = float(pre(np.asarray(tpot)))
+    lam = n / (ttft + (osl - 1) * tpot)
     queue = max(clients - n, 0.0) / lam
-    return Steady(ttft_s=queue + pre + inst.engine.ttft_overhead_ms * 1e-3, tpot_s=tpot, requests_per_s=lam, decode_batch=lam * (osl - 1) * tpot,
-                  prefill_tokens_per_step=lam * isl * tpot, admitted=n, queue_s=queue, osl=osl)
+    return Steady(ttft_s=queue + ttft + inst.engine.ttft_overhead_ms * 1e-3, tpot_s=tpot, requests_per_s=lam,
+                  decode_batch=lam * (osl - 1) * tpot, prefill_tokens_per_step=(1 - w) * lam * isl * tpot, admitted=n,
+                  queue_s=queue, osl=osl)
 
 
 def capacity_rps(inst: Instance, isl: int, osl: int, running_cap: int) -> float:
@@ -101,15 +122,10 @@ def open_loop(inst: Instance, isl: int, osl: int, rate_rps: float, running_cap: 
     if rho >= 1.0:
         return Steady(math.inf, math.inf, cap, running_cap, 0.0, running_cap, math.inf, osl, stable=False)
     x = prompt_prefill_s(inst, isl, budget)
-    tpot = float(inst.decode_s(max(rate_rps * osl * 0.01, 1.0), isl + osl / 2))
-    for _ in range(ITERATIONS):
-        b = rate_rps * (osl - 1) * tpot
-        p = rate_rps * isl * tpot
-        new_tpot = DAMPING * tpot + (1 - DAMPING) * _mixed_step(inst, b, p, isl, osl)
-        done = abs(new_tpot - tpot) < TOLERANCE * tpot
-        tpot = new_tpot
-        if done:
-            break
+    tpot = fixed_point(lambda t: _mixed_step(inst, rate_rps * (osl - 1) * t, rate_rps * isl * t, isl, osl),
+                       0.5 * float(inst.decode_s(1.0, isl + osl / 2)))
+    if not math.isfinite(tpot):
+        return Steady(math.inf, math.inf, cap, running_cap, 0.0, running_cap, math.inf, osl, stable=False)
     service = 0.5 * tpot + x + tpot + inst.engine.ttft_overhead_ms * 1e-3
     queue = rho / (2 * (1 - rho)) * (x + tpot)
     b = rate_rps * (osl - 1) * tpot

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from costmodel.traces import TRACE_FORMATS, Trace, read_trace
 from costmodel.workload import Workload
@@ -93,8 +93,8 @@ class SimWorkload(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    isl: Length | None = Field(default=None, description="Input tokens: a number or a distribution.")
-    osl: Length | None = Field(default=None, description="Output tokens: a number or a distribution.")
+    isl: LengthDist | None = Field(default=None, description="Input tokens: a number or a distribution.")
+    osl: LengthDist | None = Field(default=None, description="Output tokens: a number or a distribution.")
     concurrency: int | None = Field(default=None, ge=1, description="Closed-loop clients (zero think time).")
     rate_rps: float | None = Field(default=None, gt=0, description="Open-loop mean arrival rate.")
     num_requests: int | None = Field(default=None, ge=1,
@@ -105,6 +105,14 @@ class SimWorkload(BaseModel):
     trace: str | None = Field(default=None, description="Trace file to replay (BurstGPT, Azure or Mooncake).")
     trace_format: Literal["burstgpt", "azure", "mooncake"] | None = Field(
         default=None, description="Trace format; guessed from the file when omitted.")
+
+    @field_validator("isl", "osl", mode="before")
+    @classmethod
+    def _number_is_fixed(cls, v: Any) -> Any:
+        """A plain token count means a fixed length (so errors name the distribution's fields)."""
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return {"dist": "fixed", "value": v}
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> SimWorkload:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from hardware.loading import build, read_mapping, unknown
 from hardware.specs import Accelerator, Cluster, NodeGroup
@@ -13,23 +14,20 @@ DATA = Path(__file__).parent / "data"
 _SUFFIX = re.compile(r"^(?P<base>.+?)x(?P<n>[1-9][0-9]*)$")
 
 
+def _load_folder(folder: str, kind: type[Accelerator] | type[Cluster]) -> dict[str, Any]:
+    specs = (build(kind, read_mapping(f), f"catalog file {f.name}") for f in sorted((DATA / folder).glob("*.yaml")))
+    return {s.name: s for s in specs}
+
+
 @cache
 def accelerators() -> dict[str, Accelerator]:
     """Every catalog accelerator by name."""
-    out = {}
-    for f in sorted((DATA / "accelerators").glob("*.yaml")):
-        acc = build(Accelerator, read_mapping(f), f"catalog file {f.name}")
-        out[acc.name] = acc
-    return out
+    return _load_folder("accelerators", Accelerator)
 
 
 @cache
 def _raw_clusters() -> dict[str, Cluster]:
-    out = {}
-    for f in sorted((DATA / "clusters").glob("*.yaml")):
-        c = build(Cluster, read_mapping(f), f"catalog file {f.name}")
-        out[c.name] = c
-    return out
+    return _load_folder("clusters", Cluster)
 
 
 def accelerator(name: str) -> Accelerator:
@@ -61,6 +59,10 @@ def cluster(ref: str | Path | Cluster) -> Cluster:
     if isinstance(ref, Cluster):
         return resolve(ref)
     text = str(ref).strip()
+    if text.lower() == "local":  # this machine: measured by `planner calibrate`, else estimated
+        from hardware.local import local_cluster
+
+        return resolve(local_cluster())
     if text.endswith((".yaml", ".yml", ".json")) or Path(text).is_file():
         return resolve(build(Cluster, read_mapping(text), f"cluster file {text}"))
     key = text.lower()

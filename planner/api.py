@@ -8,24 +8,41 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from costmodel.calibration.profile import Profile, profile_for
 from costmodel.catalog import model as load_model
+from costmodel.disagg import disagg_point
 from costmodel.energy import check_power_cap
 from costmodel.engines import engine as load_engine
 from costmodel.estimate import Estimate, build_instance, estimate_instance
+from costmodel.instance import Instance
 from costmodel.layout import Layout
 from costmodel.models import ModelSpec
 from costmodel.precision import precision as load_precision
+from costmodel.serving import capacity_rps, max_running
+from costmodel.simulator import Goodput, SchedulerConfig, SimResult, find_goodput
+from costmodel.simulator import Setup as SimSetup
+from costmodel.simulator import run as sim_run
+from costmodel.simulator import setup as sim_setup
 from costmodel.workload import SLO, Workload
+from costmodel.workload_dist import Draw, SimWorkload
+from costmodel.workload_dist import draw as draw_requests
 from hardware.catalog import cluster as load_cluster
 from hardware.errors import PlannerInputError
 from hardware.loading import build
+from hardware.local import calibrated_profile
 from hardware.specs import Cluster
-from planner.objective import ServingObjective
+from planner.objective import PoolCapacity, ServingObjective
 from planner.result import Plan, PlanResult
-from searches import Budget, Space, rank, search
+from searches import Budget, Solved, Space, rank
+from searches import search as run_search
+from searches.lp import relax
+from searches.placement import GOALS, MODES, UNIT_RPS, Goal, Problem, place, scaled, shapes
+from searches.pools import PoolSearch, Variant
+from searches.pools import run as run_pools
 
-ModelRef = str | Path | dict[str, Any] | ModelSpec
+ModelRef = str | Path | dict[str, Any] | ModelSpec | Any  # Any: a torch.nn.Module (traced; costmodel.torch_import)
 ClusterRef = str | Path | Cluster
 
 
@@ -61,13 +78,23 @@ def _profile(device: str, profile: str | Path | Profile | None) -> Profile:
     return profile if isinstance(profile, Profile) else profile_for(device, profile)
 
 
+def _local_profile(clu: Cluster, profile: str | Path | Profile | None) -> str | Path | Profile | None:
+    """`--cluster local` uses what `planner calibrate` measured here unless a profile is given."""
+    return profile if profile is not None else calibrated_profile(clu)
+
+
 def estimate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any] | None = None,
              workload: Workload | dict[str, Any] | None = None, precision: str = "bf16",
              engine: str = "vllm", kv_cache_dtype: str = "auto", profile: str | Path | Profile | None = None,
-             max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None) -> Estimate:
-    """Predict TTFT, TPOT, throughput and per-device memory of one layout for a workload."""
+             max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None,
+             redundant_experts: int = 0, micro_batches: int = 1) -> Estimate:
+    """Predict TTFT, TPOT, throughput and per-device memory of one layout for a workload.
+
+    MoE options: `redundant_experts` extra expert copies per layer balanced by EPLB (memory for
+    balance), `micro_batches=2` to overlap communication with compute (costmodel/moe.py)."""
     spec = load_model(model)
     clu = load_cluster(cluster)
+    profile = _local_profile(clu, profile)
     lay, wl = as_layout(layout), as_workload(workload)
     group = clu.groups[0]
     if lay.total_devices > group.num_devices:
@@ -77,7 +104,7 @@ def estimate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, An
             f"{clu.name}x{-(-lay.total_devices // group.num_devices)}) or a smaller layout"
         )
     inst = build_instance(spec, lay, load_precision(precision, kv_cache_dtype), group,
-                          _profile(group.device.name, profile), load_engine(engine))
+                          _profile(group.device.name, profile), load_engine(engine), redundant_experts, micro_batches)
     return estimate_instance(inst, wl, max_num_seqs, max_num_batched_tokens)
 
 
@@ -86,16 +113,29 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
          kv_cache_dtype: str = "auto", profile: str | Path | Profile | None = None,
          search_strategy: str = "exhaustive", budget_s: float = 60.0, n_jobs: int = 1,
          cross_domain_tp: bool = False, seed: int = 0, power_caps: Sequence[float | None] = (None,),
-         usd_per_device_hour: float = 1.0, progress: Callable[[int, int], None] | None = None) -> PlanResult:
+         usd_per_device_hour: float = 1.0, progress: Callable[[int, int], None] | None = None,
+         simulate_top: int = 0, modes: Sequence[str] = ("agg",), search: str | None = None,
+         goal: str = "auto") -> PlanResult:
     """Every valid layout of `model` on `cluster`, ranked by goodput per device under `slo`.
+
+    `modes` ("agg", "disagg") and `search` ("auto", "exhaustive", "cpsat", "lp", "heuristic"; the
+    older `search_strategy` still works) plan whole deployments with pools instead (see
+    `_plan_pools`): aggregated and prefill/decode-disaggregated plans ranked together, every
+    instance placed on devices, with the rule-of-thumb baseline beside the winner. `goal` is what
+    they optimise: "goodput" for the cluster, or the fewest "devices", least "energy" or "cost"
+    that carries the workload's rate ("auto": the latter for an open loop, goodput otherwise).
 
     With `power_caps` (watts per device; None = uncapped) every layout is also evaluated at each
     cap, so the plans span the energy-latency trade-off (`result.pareto`). `usd_per_device_hour`
     prices `cost_per_mtok`; `progress(done, total)` is called after each cap and device group.
+    With `simulate_top=K` the K best feasible plans are re-ranked by the iteration-level simulator
+    (goodput per device at 90% SLO attainment, or simulated throughput for a closed loop), so
+    queueing and batching dynamics the analytic screen averages away decide among them.
     Raises InfeasibleError (naming what binds and by how much) when no layout qualifies.
     """
     spec = load_model(model)
     clu = load_cluster(cluster)
+    profile = _local_profile(clu, profile)
     slo_, wl = as_slo(slo), as_workload(workload)
     prec = load_precision(precision, kv_cache_dtype)
     eng = load_engine(engine)
@@ -103,6 +143,12 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
     if not (isinstance(usd_per_device_hour, (int, float)) and 0 < usd_per_device_hour < math.inf):
         raise PlannerInputError(f"usd_per_device_hour={usd_per_device_hour!r} must be a positive price per "
                                 "device-hour, e.g. 2.5")
+    if not isinstance(simulate_top, int) or isinstance(simulate_top, bool) or simulate_top < 0:
+        raise PlannerInputError(f"simulate_top={simulate_top!r} must be a whole number >= 0 (plans to simulate)")
+    strategy = search or search_strategy
+    if tuple(modes) != ("agg",) or strategy != "exhaustive":
+        return _plan_pools(spec, clu, slo_, wl, prec, eng, caps, profile, modes, strategy, goal, budget_s, n_jobs,
+                           seed, cross_domain_tp, usd_per_device_hour)
     started = time.monotonic()
     evaluated = []
     steps = [(cap, group) for cap in caps for group in clu.groups]
@@ -111,7 +157,7 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
                                      power_cap_w=cap, usd_per_device_hour=usd_per_device_hour)
         space = Space(spec, group, cross_domain_tp=cross_domain_tp)
         left = max(budget_s - (time.monotonic() - started), 1e-3)
-        found = search(space, objective, Budget(time_s=left, seed=seed, n_jobs=n_jobs), search_strategy)
+        found = run_search(space, objective, Budget(time_s=left, seed=seed, n_jobs=n_jobs), search_strategy)
         evaluated += [((group.device.name, objective), e) for e in found]
         if progress is not None:
             progress(step + 1, len(steps))
@@ -125,14 +171,21 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
                  score=e.score, feasible=e.feasible, binding=e.binding, detail=e.detail,
                  power_cap_w=objective.power_cap_w, **details)
         (plans if e.feasible else rejected).append(p)
-    plans = _with_reasons(plans, slo_)
+    sim_seconds = 0.0
+    if simulate_top and plans:
+        plans, sim_seconds = _simulate_top(plans, simulate_top, spec, clu, prec, eng, profile, wl, slo_, seed)
+    band = _profile(clu.groups[0].device.name, profile).for_engine(eng.name).error_band.get("tpot_ms")
+    plans = _with_reasons(plans, slo_, band)
     request = {"model": spec.name, "cluster": clu.name, "devices": clu.num_devices,
                "slo": slo_.model_dump(exclude_none=True), "workload": wl.model_dump(exclude_none=True),
                "precision": prec.label, "engine": eng.name, "power_caps": list(caps),
-               "usd_per_device_hour": usd_per_device_hour, "cluster_shape": _cluster_shape(clu)}
+               "usd_per_device_hour": usd_per_device_hour, "cluster_shape": _cluster_shape(clu),
+               "model_spec": spec.model_dump()}  # lets `planner verify` rebuild a model given by path or module
     stats = {"strategy": search_strategy, "evaluated": len(ordered), "feasible": len(plans),
              "seconds": round(time.monotonic() - started, 3),
              "objective": "goodput_rps per device" if wl.rate_rps else "output tok/s per device"}
+    if simulate_top:
+        stats.update({"simulated": min(simulate_top, len(plans)), "simulation_seconds": round(sim_seconds, 3)})
     result = PlanResult(request=request, plans=plans, rejected=rejected, search=stats)
     if not plans:
         raise InfeasibleError(_why_nothing(spec.name, clu.name, rejected, slo_), result)
@@ -164,15 +217,20 @@ def _cluster_shape(clu: Cluster) -> list[dict[str, Any]]:
             for g in clu.groups]
 
 
-def _with_reasons(plans: list[Plan], slo: SLO) -> list[Plan]:
-    """Number the plans and say why each beat the next one down."""
+def _with_reasons(plans: list[Plan], slo: SLO, band: tuple[float, float] | None = None) -> list[Plan]:
+    """Number the plans and say why each beat the next one down, and whether that lead is larger
+    than the calibration's p10-p90 error band (a smaller lead is not a reliable order)."""
     out = []
     for i, p in enumerate(plans):
         margin = _slo_margin(p, slo)
         if i + 1 < len(plans):
             nxt = plans[i + 1]
             gap = (p.score / nxt.score - 1) * 100 if nxt.score > 0 else float("inf")
-            why = f"Beats #{i + 2} ({nxt.label()}) by {gap:.1f}% in score. {margin}"
+            why = f"Beats #{i + 2} ({nxt.label()}) by {gap:.1f}% in score"
+            if band and p.score <= nxt.score * band[1] / band[0]:
+                why += (f", within the model's p10-p90 error band (x{band[0]:.2f}-x{band[1]:.2f}), "
+                        "so their order is uncertain")
+            why = f"{why}. {margin}"
         else:
             why = margin
         out.append(Plan(**{**p.__dict__, "rank": i + 1, "why": why.strip()}))
@@ -208,3 +266,347 @@ def _why_nothing(model: str, cluster: str, rejected: list[Plan], slo: SLO) -> st
         best.binding, f"relax {best.binding} or add devices")
     return (f"no layout of {model} on {cluster} meets the request ({counts}); the closest, {best.label()}, "
             f"fails on {best.binding}: {best.detail}; {fix}")
+
+
+# ---- simulation ----------------------------------------------------------------------------------
+SIM_PLAN_REQUESTS = 1000  # requests per simulated run when `plan` re-ranks its top plans
+SIM_TARGET = 0.9  # SLO attainment a simulated plan must reach
+
+
+def as_sim_workload(workload: SimWorkload | Workload | dict[str, Any] | None) -> SimWorkload:
+    if isinstance(workload, SimWorkload):
+        return workload
+    if isinstance(workload, Workload):
+        return SimWorkload.from_workload(workload)
+    if workload is None:
+        raise PlannerInputError("workload: give isl, osl and concurrency, rate_rps or a trace")
+    return build(SimWorkload, workload, "workload")
+
+
+def as_scheduler(scheduler: SchedulerConfig | dict[str, Any] | None) -> SchedulerConfig:
+    if isinstance(scheduler, SchedulerConfig):
+        return scheduler
+    return build(SchedulerConfig, scheduler or {}, "scheduler")
+
+
+def _sim_setup(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any] | None, wl: SimWorkload,
+               precision: str, engine: str, kv_cache_dtype: str, profile: str | Path | Profile | None,
+               scheduler: SchedulerConfig | dict[str, Any] | None, seed: int) -> tuple[SimSetup, Draw]:
+    spec = load_model(model)
+    clu = load_cluster(cluster)
+    profile = _local_profile(clu, profile)
+    lay = as_layout(layout)
+    group = clu.groups[0]
+    if lay.total_devices > group.num_devices:
+        raise PlannerInputError(
+            f"layout needs {lay.total_devices} devices (tp x attention_dp x pp x dp); cluster {clu.name} has "
+            f"{group.num_devices} {group.device.name}; use a larger cluster or a smaller layout")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise PlannerInputError(f"seed={seed!r} must be a whole number, e.g. 0")
+    inst = build_instance(spec, lay.model_copy(update={"dp": 1}), load_precision(precision, kv_cache_dtype), group,
+                          _profile(group.device.name, profile), load_engine(engine))
+    drawn = draw_requests(wl, seed)
+    return sim_setup(inst, as_scheduler(scheduler), drawn, replicas=lay.dp), drawn
+
+
+def simulate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any] | None = None,
+             workload: SimWorkload | Workload | dict[str, Any] | None = None, precision: str = "bf16",
+             engine: str = "vllm", kv_cache_dtype: str = "auto", profile: str | Path | Profile | None = None,
+             scheduler: SchedulerConfig | dict[str, Any] | None = None, seed: int = 0,
+             progress: Callable[[int, int], None] | None = None) -> SimResult:
+    """Simulate serving `workload` on `layout` iteration by iteration (continuous batching, chunked
+    prefill, KV blocks and preemption; `dp` replicas behind `scheduler.router`).
+
+    `workload` takes `isl`/`osl` as numbers or distributions ({"dist": "lognormal", "mean": 1500,
+    "sigma": 0.8}), and `concurrency` (closed loop), `rate_rps` with `arrival` poisson | gamma (with
+    `cv`) | constant, or a `trace` file (BurstGPT, Azure or Mooncake). `progress(done, total)` is
+    called as requests complete."""
+    wl = as_sim_workload(workload)
+    s, drawn = _sim_setup(model, cluster, layout, wl, precision, engine, kv_cache_dtype, profile, scheduler, seed)
+    return sim_run(s, drawn, progress=progress)
+
+
+def _slo_ms(slo: SLO | dict[str, Any] | None) -> dict[str, float]:
+    if isinstance(slo, SLO):
+        raw: dict[str, Any] = {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms}
+    elif isinstance(slo, dict):
+        raw = dict(slo)
+    else:
+        raise PlannerInputError("slo: give per-request objectives, e.g. {'ttft_ms': 500, 'tpot_ms': 50}")
+    out = {}
+    for k, v in raw.items():
+        if k not in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            raise PlannerInputError(f"slo.{k} is not a per-request objective; use ttft_ms, tpot_ms or e2e_ms")
+        if v is None:
+            continue
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf):
+            raise PlannerInputError(f"slo.{k}={v!r} must be a positive number of milliseconds")
+        out[k] = float(v)
+    if not out:
+        raise PlannerInputError("slo: give at least one of ttft_ms, tpot_ms or e2e_ms")
+    return out
+
+
+def goodput(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any] | None = None,
+            workload: SimWorkload | Workload | dict[str, Any] | None = None, slo: SLO | dict[str, Any] | None = None,
+            target: float = 0.9, precision: str = "bf16", engine: str = "vllm", kv_cache_dtype: str = "auto",
+            profile: str | Path | Profile | None = None, scheduler: SchedulerConfig | dict[str, Any] | None = None,
+            seed: int = 0, rel_tol: float = 0.02,
+            on_eval: Callable[[float, float | None], None] | None = None) -> Goodput:
+    """The highest open-loop arrival rate (whole layout, all replicas) at which at least `target` of the
+    requests meet every objective in `slo` (DistServe's per-request attainment), by bisection on
+    simulated runs to `rel_tol`. `workload` gives the lengths and arrival process; its `rate_rps`,
+    if any, is ignored (the search sets the rate)."""
+    slo_ms = _slo_ms(slo)
+    if not (isinstance(target, (int, float)) and 0 < target <= 1):
+        raise PlannerInputError(f"target={target!r} must be a share of requests in (0, 1], e.g. 0.9")
+    if not (isinstance(rel_tol, (int, float)) and 0 < rel_tol < 1):
+        raise PlannerInputError(f"rel_tol={rel_tol!r} must be in (0, 1), e.g. 0.02")
+    raw = workload.model_dump(exclude_none=True) if isinstance(workload, (SimWorkload, Workload)) else workload
+    if isinstance(raw, dict):
+        if raw.get("concurrency") is not None:
+            raise PlannerInputError("workload.concurrency: goodput searches the open-loop rate; drop concurrency "
+                                    "(and give an arrival process instead)")
+        raw = {**raw, "rate_rps": raw.get("rate_rps") or 1.0}
+    wl = as_sim_workload(raw)
+    s, drawn = _sim_setup(model, cluster, layout, wl, precision, engine, kv_cache_dtype, profile, scheduler, seed)
+    isl, osl = int(np.mean(drawn.isl)), int(np.mean(drawn.osl))
+    cap = max_running(s.inst, s.kv_blocks * s.sched.block_size, isl, osl, s.sched.max_num_seqs)
+    hint = capacity_rps(s.inst, isl, osl, max(cap, 1)) * s.replicas if cap >= 1 else 1.0
+    return find_goodput(s, drawn, slo_ms, target, hint_rps=hint * 1.2, rel_tol=rel_tol, on_eval=on_eval)
+
+
+def _simulate_top(plans: list[Plan], k: int, spec: ModelSpec, clu: Cluster, prec: Any, eng: Any,
+                  profile: str | Path | Profile | None, wl: Workload, slo: SLO, seed: int) -> tuple[list[Plan], float]:
+    """Re-rank the first `k` plans by simulated goodput per device (open loop) or simulated
+    throughput per device among those meeting the SLO for SIM_TARGET of requests (closed loop)."""
+    started = time.monotonic()
+    groups = {g.device.name: g for g in clu.groups}
+    slo_ms = {key: v for key, v in (("ttft_ms", slo.ttft_ms), ("tpot_ms", slo.tpot_ms)) if v}
+    rescored = []
+    for p in plans[:k]:
+        group = groups[p.device]
+        inst = Instance(spec, p.layout.model_copy(update={"dp": 1}), prec, group, _profile(group.device.name, profile),
+                        eng, power_cap_w=p.power_cap_w)
+        per = wl.per_replica(p.replicas)
+        swl = SimWorkload.from_workload(per, num_requests=SIM_PLAN_REQUESTS)
+        drawn = draw_requests(swl, seed)
+        s = sim_setup(inst, SchedulerConfig(), drawn)
+        m = dict(p.metrics)
+        if wl.rate_rps is not None and slo_ms:
+            cap = max_running(inst, s.kv_blocks * s.sched.block_size, wl.isl, wl.osl, s.sched.max_num_seqs)
+            hint = capacity_rps(inst, wl.isl, wl.osl, max(cap, 1)) * 1.2
+            g = find_goodput(s, drawn, slo_ms, SIM_TARGET, hint_rps=hint, rel_tol=0.05)
+            m["sim_goodput_rps_per_instance"] = g.rate_rps
+            m["sim_goodput_rps"] = g.rate_rps * p.replicas
+            res = sim_run(s, drawn, per.rate_rps)
+            score, fits = g.rate_rps / p.layout.instance_devices, g.rate_rps * p.replicas >= wl.rate_rps
+        else:
+            res = sim_run(s, drawn)
+            attained = res.attainment(slo_ms) if slo_ms else 1.0
+            score, fits = res.output_tok_s / p.layout.instance_devices, attained >= SIM_TARGET
+        m.update({"sim_ttft_p50_ms": res.ttft_ms.p50, "sim_ttft_p99_ms": res.ttft_ms.p99,
+                  "sim_tpot_p50_ms": res.tpot_ms.p50, "sim_tpot_p99_ms": res.tpot_ms.p99,
+                  "sim_output_tok_s": res.output_tok_s * p.replicas,
+                  "sim_attainment": res.attainment(slo_ms) if slo_ms else 1.0, "sim_score": score})
+        rescored.append((not fits, -score, Plan(**{**p.__dict__, "metrics": m, "score": score})))
+    rescored.sort(key=lambda x: (x[0], x[1]))
+    return [p for _, _, p in rescored] + plans[k:], time.monotonic() - started
+
+
+# ---- pool plans: aggregated and disaggregated deployments from capacity tables and a solver -------------
+SEARCHES = ("auto", "exhaustive", "cpsat", "lp", "heuristic")
+
+
+def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any, eng: Any,
+                caps: tuple[float | None, ...], profile: str | Path | Profile | None, modes: Sequence[str],
+                strategy: str, goal: str, budget_s: float, n_jobs: int, seed: int, cross_domain_tp: bool,
+                usd_per_device_hour: float) -> PlanResult:
+    """Plans with pools (see searches/pools.py); the winner, runner-ups and the rule-of-thumb baseline."""
+    mode_list = _modes(modes)
+    if strategy not in SEARCHES:
+        raise PlannerInputError(f"search='{strategy}' is unknown; use one of {', '.join(SEARCHES)}")
+    if goal not in ("auto", *GOALS):
+        raise PlannerInputError(f"goal='{goal}' is unknown; use one of auto, {', '.join(GOALS)}")
+    kind = goal if goal != "auto" else ("devices" if wl.rate_rps else "goodput")
+    if kind != "goodput" and not wl.rate_rps:
+        raise PlannerInputError(f"goal='{kind}' minimises for a target rate; give workload rate_rps or use "
+                                "goal='goodput'")
+    objectives, variants = [], []
+    for cap in caps:
+        for gi, group in enumerate(clu.groups):
+            objectives.append(ServingObjective(spec, group, prec, _profile(group.device.name, profile), eng, wl, slo,
+                                               power_cap_w=cap, usd_per_device_hour=usd_per_device_hour))
+            variants.append(Variant(gi, "" if cap is None else f"{cap:g}W",
+                                    tuple(Space(spec, group, cross_domain_tp=cross_domain_tp).layouts())))
+    out_link = min((g.scaleout for g in clu.groups), key=lambda link: link.gbps)
+    groups = shapes(clu, {g.device.name: usd_per_device_hour for g in clu.groups})
+    target = scaled(wl.rate_rps) if kind != "goodput" and wl.rate_rps else 0
+    found = run_pools(groups, variants, PoolCapacity(tuple(objectives), out_link), mode_list, Goal(kind, target),
+                      strategy, Budget(time_s=budget_s, seed=seed, n_jobs=n_jobs))
+    key = {(v.group, v.tag): i for i, v in enumerate(variants)}
+    plans = [_pool_plan(found.problems[m], s, objectives, key, clu, wl, out_link)
+             for m in mode_list for s in found.solved[m]]
+    plans.sort(key=lambda p: _rank_key(p, kind))
+    base = (_pool_plan(found.baseline_problem, found.baseline, objectives, key, clu, wl, out_link)
+            if found.baseline is not None and found.baseline_problem is not None else None)
+    plans = _pool_reasons(plans, slo, kind, base)
+    rejected = [Plan(layout=r.layout, replicas=0, device=clu.groups[variants[r.variant].group].device.name,
+                     metrics=dict(r.cap.metrics), score=0.0, feasible=False, binding=r.cap.binding,
+                     detail=r.cap.detail, mode="agg" if r.role == "agg" else "disagg",
+                     power_cap_w=objectives[r.variant].power_cap_w)
+                for r in found.rows if not r.cap.feasible]
+    stats: dict[str, Any] = {"strategy": strategy, "modes": list(mode_list), "goal": kind, **found.stats,
+                             "evaluated": len(found.rows), "feasible": len(plans),
+                             "objective": {"goodput": "cluster goodput_rps"}.get(kind, f"fewest {kind} for the rate")}
+    if base is not None:
+        stats["baseline"] = {"label": base.label(), "devices": base.devices,
+                             "goodput_rps": base.metrics.get("goodput_rps", 0.0)}
+        if plans and base.metrics.get("goodput_rps", 0.0) > 0:
+            stats["baseline_ratio"] = plans[0].metrics["goodput_rps"] / base.metrics["goodput_rps"]
+            stats["baseline_devices_ratio"] = base.devices / plans[0].devices if plans[0].devices else None
+    request = {"model": spec.name, "cluster": clu.name, "devices": clu.num_devices,
+               "slo": slo.model_dump(exclude_none=True), "workload": wl.model_dump(exclude_none=True),
+               "precision": prec.label, "engine": eng.name, "power_caps": list(caps),
+               "usd_per_device_hour": usd_per_device_hour, "cluster_shape": _cluster_shape(clu),
+               "model_spec": spec.model_dump()}  # lets `planner verify` rebuild a model given by path or module
+    result = PlanResult(request=request, plans=plans, rejected=rejected, search=stats)
+    if not plans:
+        raise InfeasibleError(_why_no_pool(spec.name, clu.name, found, rejected, slo, wl), result)
+    return result
+
+
+def _modes(modes: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(modes, str):
+        modes = tuple(m.strip() for m in modes.split(","))
+    out = tuple(dict.fromkeys(modes))
+    if not out or any(m not in MODES for m in out):
+        raise PlannerInputError(f"modes={list(modes)!r}: give one or both of {', '.join(MODES)}, "
+                                "e.g. ('agg', 'disagg')")
+    return out
+
+
+def _rank_key(p: Plan, kind: str) -> tuple[float, float]:
+    g = p.metrics.get("goodput_rps", 0.0)
+    if kind == "goodput":
+        return (-round(g, 4), p.devices)
+    primary = {"devices": p.devices, "energy": p.metrics.get("power_w", 0.0),
+               "cost": p.metrics.get("cost_per_hour", 0.0)}[kind]
+    return (primary, -g)
+
+
+def _pool_plan(problem: Problem, solved: Solved, objectives: Sequence[ServingObjective],
+               variant_of: dict[tuple[int, str], int], clu: Cluster, wl: Workload, out_link: Any) -> Plan:
+    """A Plan for one allocation: pools, placement and metrics at the operating rate."""
+    inst = solved.allocation.instances(problem)
+    goodput = solved.value.goodput * UNIT_RPS
+    rate = min(goodput, wl.rate_rps) if wl.rate_rps else goodput
+    pools, parts = [], []
+    for i, n in sorted(inst.items(), key=lambda t: ("prefill", "agg", "decode").index(problem.configs[t[0]].role)):
+        c = problem.configs[i]
+        obj = objectives[variant_of[(c.group, c.tag)]]
+        pools.append({"role": c.role, "device": clu.groups[c.group].device.name,
+                      "layout": c.layout.model_copy(update={"dp": 1}).label(), "instances": n,
+                      "devices": n * c.devices, "rate_rps": c.rate * UNIT_RPS, "binding": c.binding,
+                      "detail": c.detail, "power_cap": c.tag})
+        parts.append((c, n, obj))
+    placed = tuple({"role": problem.configs[p.config].role, "device": clu.groups[p.group].device.name,
+                    "group": p.group, "devices": list(p.devices), "local_kv": p.local_kv}
+                   for p in place(problem, solved.allocation))
+    if problem.mode == "disagg":
+        (pc, x, pobj), (dc, y, dobj) = parts[0], parts[-1]
+        local = sum(n for (j, _), n in solved.allocation.local.items() if problem.configs[j] is pc) == x
+        link = pobj.group.scaleup if local and pc.group == dc.group else out_link
+        point = disagg_point(pobj.instance(pc.layout), x, dobj.instance(dc.layout), y, wl, rate, link)
+        metrics = point.metrics()
+        lay, replicas, device, cap = dc.layout.model_copy(update={"dp": y}), y, pools[-1]["device"], dobj.power_cap_w
+        extra: dict[str, Any] = {"prefill_layout": pc.layout, "prefill_instances": x,
+                                 "prefill_device": pools[0]["device"]}
+    else:
+        metrics = _agg_pool_metrics(parts, rate, wl, solved.value.goodput)
+        c, n, obj = max(parts, key=lambda t: t[1] * t[0].devices)
+        lay, replicas, cap = c.layout.model_copy(update={"dp": n}), n, obj.power_cap_w
+        device = clu.groups[c.group].device.name
+        extra = {}
+    devices = solved.value.devices
+    price = sum(problem.shape(i).price_per_device_hour * problem.configs[i].devices * n for i, n in inst.items())
+    tokens = metrics.get("output_tok_s", 0.0)
+    metrics |= {"goodput_rps": goodput, "devices": float(devices), "cost_per_hour": price,
+                "output_tok_s_per_device": tokens / devices if devices else 0.0,
+                "cost_per_mtok": price / (tokens * 3600) * 1e6 if tokens > 0 else math.inf,
+                "prefill_rps": solved.value.prefill * UNIT_RPS, "decode_rps": solved.value.decode * UNIT_RPS}
+    score = goodput if problem.goal.kind == "goodput" else (problem.goal.target * UNIT_RPS) / max(
+        {"devices": devices, "energy": metrics.get("power_w", 0.0), "cost": price}[problem.goal.kind], 1e-9)
+    return Plan(layout=lay, replicas=replicas, device=device, metrics=metrics, score=score, power_cap_w=cap,
+                mode=problem.mode, pools=tuple(pools), placement=placed, **extra)
+
+
+def _agg_pool_metrics(parts: list[tuple[Any, int, ServingObjective]], rate: float, wl: Workload,
+                      goodput_units: int) -> dict[str, float]:
+    """Aggregated pools share the rate in proportion to capacity; latencies are the worst pool's."""
+    out: dict[str, float] = {}
+    for c, n, obj in parts:
+        share = rate * c.rate * n / max(goodput_units, 1)
+        m = obj._metrics(obj.instance(c.layout), wl.model_copy(update={"rate_rps": share, "concurrency": None}), n)
+        for k in ("ttft_ms", "tpot_ms", "decode_batch"):
+            out[k] = max(out.get(k, 0.0), m.get(k, 0.0))
+        for k in ("output_tok_s", "requests_per_s", "power_w", "energy_kwh_per_hour"):
+            out[k] = out.get(k, 0.0) + m.get(k, 0.0)
+    tokens = out.get("output_tok_s", 0.0)
+    out["energy_j_per_token"] = out["power_w"] / tokens if tokens > 0 else math.inf
+    out["tok_s_per_user"] = 1e3 / out["tpot_ms"] if 0 < out.get("tpot_ms", 0.0) < math.inf else 0.0
+    return out
+
+
+def _what_binds(p: Plan) -> str:
+    """The constraint that holds the plan back: the pool that limits goodput and what limits its instances."""
+    m = p.metrics
+    if p.mode == "disagg":
+        pre, dec = m.get("prefill_rps", 0.0), m.get("decode_rps", 0.0)
+        pool = p.pools[0] if pre <= dec else p.pools[-1]
+        return (f"the {pool['role']} pool binds ({min(pre, dec):.2f} of {max(pre, dec):.2f} req/s matched), its "
+                f"instances limited by {pool['binding']} ({pool['detail']})")
+    pool = max(p.pools, key=lambda q: q["devices"])
+    return f"its {pool['layout']} instances are limited by {pool['binding']} ({pool['detail']})"
+
+
+def _pool_reasons(plans: list[Plan], slo: SLO, kind: str, base: Plan | None) -> list[Plan]:
+    """Rank numbers and why: the winner's binding constraint and SLO margin, how it beat the next one."""
+    out = []
+    for i, p in enumerate(plans):
+        why = f"Binds: {_what_binds(p)}. {_slo_margin(p, slo)}"
+        if i + 1 < len(plans):
+            nxt = plans[i + 1]
+            g, h = p.metrics["goodput_rps"], nxt.metrics["goodput_rps"]
+            if kind == "goodput":
+                edge = f"{(g / h - 1) * 100:.1f}% more goodput" if h > 0 else "goodput where it has none"
+            elif _rank_key(p, kind)[0] < _rank_key(nxt, kind)[0]:
+                edge = f"less {kind} ({p.devices} devices against {nxt.devices})"
+            else:
+                edge = f"as little {kind} and {g:.2f} against {h:.2f} req/s of headroom"
+            why += f" Beats #{i + 2} ({nxt.label()}) with {edge}; #{i + 2} loses because {_what_binds(nxt)}."
+        if i == 0 and base is not None and base.metrics.get("goodput_rps", 0) > 0:
+            why += (f" Rule of thumb ({base.label()}): {base.metrics['goodput_rps']:.2f} req/s on {base.devices} "
+                    f"devices; this plan {p.metrics['goodput_rps'] / base.metrics['goodput_rps']:.2f}x its goodput "
+                    f"on {p.devices / base.devices:.2f}x its devices.")
+        out.append(Plan(**{**p.__dict__, "rank": i + 1, "why": why.strip()}))
+    return out
+
+
+def _why_no_pool(model: str, cluster: str, found: PoolSearch, rejected: list[Plan], slo: SLO, wl: Workload) -> str:
+    """What binds when no pool plan qualifies: per-instance constraints, or the cluster's size for the rate."""
+    if not any(r.cap.feasible for r in found.rows):
+        return _why_nothing(model, cluster, rejected, slo)
+    roles = {"agg": ("agg",), "disagg": ("prefill", "decode")}
+    missing = [next((role for role in roles[m] if not any(r.cap.feasible for r in found.rows if r.role == role)),
+                    None) for m in found.problems]
+    if all(missing):
+        role = missing[-1]
+        same = [p for p, r in zip(rejected, (r for r in found.rows if not r.cap.feasible), strict=True)
+                if r.role == role]
+        return f"no {role} instance qualifies: " + _why_nothing(model, cluster, same, slo)
+    most = max((relax(Problem(p.groups, p.configs, p.mode, Goal("goodput"))).goodput * UNIT_RPS
+                for p in found.problems.values() if p.configs), default=0.0)
+    return (f"no plan of {model} on {cluster} carries {wl.rate_rps:g} req/s under the SLO: devices bind - the "
+            f"cluster carries at most {most:.2f} req/s (LP bound over every layout and mode); add devices or "
+            "lower the rate")

@@ -25,7 +25,7 @@ from costmodel.precision import KV_DTYPES, PRECISIONS
 from hardware import catalog as hw_catalog
 from hardware.errors import PlannerInputError
 from hardware.topology import tiers_table
-from planner.api import InfeasibleError, estimate, plan
+from planner.api import InfeasibleError, estimate, goodput, plan, simulate
 from planner.emit import parse_targets
 from planner.report import write_report
 from planner.result import PlanResult
@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tpot-ms", type=_positive_float, help="mean TPOT objective")
     p.add_argument("--budget-s", type=_positive_float, default=60.0, help="search time budget")
     p.add_argument("--jobs", type=int, default=1, help="parallel workers for candidate evaluation")
+    p.add_argument("--search", choices=("auto", "exhaustive", "cpsat", "lp", "heuristic"), default=None,
+                   help="search strategy (default: exhaustive over layouts; the others plan pools with a solver)")
+    p.add_argument("--modes", type=_modes, default=("agg",),
+                   help="deployment modes to rank together: agg, disagg or agg,disagg (prefill/decode pools)")
+    p.add_argument("--goal", choices=("auto", "goodput", "devices", "energy", "cost"), default="auto",
+                   help="pool plans: maximise goodput, or the fewest devices / least energy / cost for --rate")
     p.add_argument("--top", type=_positive_int, default=10, help="plans to print")
     p.add_argument("--out", help="folder to write plans.json into")
     p.add_argument("--emit", help="deployment files to write under --out for the best plans: a comma list of "
@@ -113,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     c = sub.add_parser("clusters", help="list the cluster catalog")
     c.add_argument("--json", action="store_true")
+    _add_simulate(sub)
+    _add_measured(sub)
     return ap
 
 
@@ -146,6 +154,13 @@ def cmd_estimate(a: argparse.Namespace, out: Console) -> int:
     for n in e.notes:
         out.print(f"note: {n}")
     return 0
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    if not modes or any(m not in ("agg", "disagg") for m in modes):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of modes; give agg, disagg or agg,disagg")
+    return modes
 
 
 def _power_caps(text: str) -> list[float | None]:
@@ -183,7 +198,8 @@ def _plans_table(r: PlanResult, top: int) -> Table:
         t.add_column(col, justify="right" if col not in ("layout",) else "left")
     for p in r.plans[:top]:
         m = p.metrics
-        t.add_row(str(p.rank), p.layout.model_copy(update={"dp": 1}).label(), str(p.replicas), str(p.devices),
+        layout = p.label() if p.pools else p.layout.model_copy(update={"dp": 1}).label()
+        t.add_row(str(p.rank), layout, str(p.replicas), str(p.devices),
                   "-" if p.power_cap_w is None else f"{p.power_cap_w:g}",
                   _fmt(m["ttft_ms"], 0), _fmt(m["tpot_ms"]), _fmt(m["output_tok_s"], 0),
                   _fmt(m["goodput_rps"], 2), _fmt(m.get("energy_j_per_token", math.nan), 3), f"{p.score:.4g}")
@@ -199,6 +215,7 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
         with _progress(not a.json) as tick:
             r = plan(a.model, a.cluster, slo=slo, workload=_workload(a), precision=a.precision, engine=a.engine,
                      kv_cache_dtype=a.kv_cache_dtype, profile=a.profile, budget_s=a.budget_s, n_jobs=a.jobs,
+                     modes=a.modes, search=a.search, goal=a.goal,
                      power_caps=a.power_caps, usd_per_device_hour=a.usd_per_device_hour, progress=tick)
     except InfeasibleError as exc:
         if a.out:
@@ -272,6 +289,297 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "estimate": cmd_estimate, "plan": cmd_plan, "models": cmd_models, "clusters": cmd_clusters,
 }
 COMMANDS["report"] = cmd_report
+
+
+# ---- simulate ------------------------------------------------------------------------------------
+SIM_PROGRESS_MIN = 2000  # requests from which `simulate` shows a progress bar
+
+
+def _length(text: str) -> int | dict[str, Any]:
+    """A token count, `lognormal:MEAN:SIGMA` or `uniform:LOW:HIGH`."""
+    parts = text.split(":")
+    try:
+        if len(parts) == 1:
+            return _positive_int(text)
+        if parts[0] == "lognormal" and len(parts) == 3:
+            return {"dist": "lognormal", "mean": _positive_float(parts[1]), "sigma": _positive_float(parts[2])}
+        if parts[0] == "uniform" and len(parts) == 3:
+            return {"dist": "uniform", "low": _positive_int(parts[1]), "high": _positive_int(parts[2])}
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"'{text}': {exc}") from None
+    raise argparse.ArgumentTypeError(f"'{text}' is not a length; give e.g. 1024, lognormal:1500:0.8 or "
+                                     "uniform:100:2000")
+
+
+def _add_simulate(sub: Any) -> None:
+    s = sub.add_parser("simulate", help="simulate one layout iteration by iteration (latency percentiles, "
+                                        "attainment, goodput, Chrome trace)")
+    s.add_argument("--model", required=True, help="catalog name, HF id, or path to a HF config.json")
+    s.add_argument("--cluster", required=True, help="catalog name (optionally xN) or YAML path")
+    for k in ("tp", "pp", "dp", "ep", "attention-dp", "sp"):
+        s.add_argument(f"--{k}", type=_positive_int, default=1, help=f"{k} degree (dp = replicas behind the router)")
+    s.add_argument("--isl", type=_length, help="input tokens: N, lognormal:MEAN:SIGMA or uniform:LOW:HIGH")
+    s.add_argument("--osl", type=_length, help="output tokens: N, lognormal:MEAN:SIGMA or uniform:LOW:HIGH")
+    load = s.add_mutually_exclusive_group()
+    load.add_argument("--concurrency", type=_positive_int, help="closed-loop clients")
+    load.add_argument("--rate", type=_positive_float, help="open-loop mean arrivals per second")
+    s.add_argument("--trace", help="replay a BurstGPT / Azure CSV or Mooncake JSONL trace (with --rate: rescaled)")
+    s.add_argument("--trace-format", choices=("burstgpt", "azure", "mooncake"), help="trace format (default: guess)")
+    s.add_argument("--num-requests", type=_positive_int, help="requests to simulate (default 1000 or the trace)")
+    s.add_argument("--arrival", default="poisson", choices=("poisson", "gamma", "constant"), help="arrival process")
+    s.add_argument("--cv", type=_positive_float, default=1.0, help="gamma arrivals: coefficient of variation")
+    s.add_argument("--precision", default="bf16", choices=PRECISIONS, help="weights and GEMM precision")
+    s.add_argument("--kv-cache-dtype", default="auto", choices=KV_DTYPES, help="KV cache dtype (auto = 16-bit)")
+    s.add_argument("--engine", default="vllm", choices=ENGINES, help="serving engine whose defaults apply")
+    s.add_argument("--profile", help="calibration profile (JSON) to use instead of the shipped one")
+    s.add_argument("--policy", choices=("chunked", "whole", "prefill_first"), help="batching policy")
+    s.add_argument("--chunked-prefill-tokens", type=_positive_int, help="token budget per iteration")
+    s.add_argument("--max-num-seqs", type=_positive_int, help="cap on running sequences")
+    s.add_argument("--kv-blocks", type=_positive_int, help="KV blocks per instance (default: memory model)")
+    s.add_argument("--router", default="round_robin", choices=("round_robin", "least_loaded"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--ttft-ms", type=_positive_float, help="per-request TTFT objective for attainment")
+    s.add_argument("--tpot-ms", type=_positive_float, help="per-request TPOT objective for attainment")
+    s.add_argument("--e2e-ms", type=_positive_float, help="per-request end-to-end objective for attainment")
+    s.add_argument("--goodput", action="store_true", help="search the highest rate meeting the SLO for --target")
+    s.add_argument("--target", type=_positive_float, default=0.9, help="attainment the goodput must keep")
+    s.add_argument("--chrome-trace", help="write the iteration timeline here (open in ui.perfetto.dev)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _sim_request(a: argparse.Namespace) -> dict[str, Any]:
+    layout = {"tp": a.tp, "pp": a.pp, "dp": a.dp, "ep": a.ep, "attention_dp": a.attention_dp, "sp": a.sp}
+    wl: dict[str, Any] = {k: v for k, v in (("isl", a.isl), ("osl", a.osl), ("concurrency", a.concurrency),
+                                            ("rate_rps", a.rate), ("trace", a.trace), ("trace_format", a.trace_format),
+                                            ("num_requests", a.num_requests)) if v is not None}
+    if a.concurrency is None:
+        wl.update({"arrival": a.arrival, "cv": a.cv})
+    sched = {k: v for k, v in (("policy", a.policy), ("chunked_prefill_tokens", a.chunked_prefill_tokens),
+                               ("max_num_seqs", a.max_num_seqs), ("kv_blocks", a.kv_blocks),
+                               ("router", a.router)) if v is not None}
+    return {"layout": layout, "workload": wl, "precision": a.precision, "engine": a.engine,
+            "kv_cache_dtype": a.kv_cache_dtype, "profile": a.profile, "scheduler": sched, "seed": a.seed}
+
+
+@contextmanager
+def _sim_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr for long simulations (terminals only)."""
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), transient=True, disable=not (enabled and sys.stderr.isatty()))
+    task = bar.add_task(label, total=None)
+
+    def tick(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield tick
+
+
+def cmd_simulate(a: argparse.Namespace, out: Console) -> int:
+    req = _sim_request(a)
+    slo = {k: v for k, v in (("ttft_ms", a.ttft_ms), ("tpot_ms", a.tpot_ms), ("e2e_ms", a.e2e_ms)) if v}
+    long_run = (a.num_requests or 1000) >= SIM_PROGRESS_MIN or a.trace is not None
+    found = None
+    if a.goodput:
+        if not slo:
+            raise PlannerInputError("--goodput needs an objective: give --ttft-ms, --tpot-ms or --e2e-ms")
+        if a.target > 1:
+            raise PlannerInputError(f"--target {a.target:g} must be a share of requests in (0, 1], e.g. 0.9")
+        with _sim_progress("goodput search", not a.json) as tick:
+            seen: list[float] = []
+
+            def on_eval(rate: float, att: float | None) -> None:
+                seen.append(rate)
+                tick(len(seen), len(seen) + 1)
+
+            found = goodput(a.model, a.cluster, slo=slo, target=a.target, on_eval=on_eval, **req)
+        res = found.result
+        if res is None:
+            raise PlannerInputError(f"no rate meets {slo} for {a.target:.0%} of requests, even unloaded; relax the "
+                                    "objectives or use a faster layout")
+    else:
+        with _sim_progress("simulating", long_run and not a.json) as tick:
+            res = simulate(a.model, a.cluster, progress=tick, **req)
+    if a.chrome_trace:
+        path = res.save_chrome_trace(a.chrome_trace)
+        if not a.json:
+            out.print(f"wrote {path}", style="dim")
+    summary = res.summary()
+    if slo:
+        summary["slo"] = slo
+        summary["attainment"] = round(res.attainment(slo), 4)
+    if found is not None:
+        summary["goodput"] = found.as_dict()
+    if a.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    t = Table(title=f"{res.model} on {res.device} ({res.layout} x{res.replicas}, {res.engine}, "
+                    f"{res.scheduler['policy']}): {summary['completed']} of {summary['requests']} requests")
+    for col in ("latency ms", "p50", "p90", "p99", "mean", "max"):
+        t.add_column(col, justify="left" if col == "latency ms" else "right")
+    for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+        pc = getattr(res, name)
+        t.add_row(name.removesuffix("_ms").upper(), *(_fmt(getattr(pc, k)) for k in ("p50", "p90", "p99", "mean",
+                                                                                   "max")))
+    out.print(t)
+    out.print(f"output {res.output_tok_s:,.0f} tok/s, {res.requests_per_s:.3f} req/s over {res.duration_s:,.1f} s; "
+              f"{summary['iterations']:,} iterations, {res.preemptions} preemptions, {res.kv_blocks:,} KV blocks")
+    if slo:
+        out.print(f"SLO attainment {summary['attainment']:.1%} (every objective of {slo} met per request)")
+    if found is not None:
+        out.print(f"goodput {found.rate_rps:.3f} req/s at {found.attainment:.1%} attainment (target "
+                  f"{found.target:.0%}; {len(found.evaluations)} runs in {found.seconds:.1f} s)")
+    for n in res.notes:
+        out.print(f"note: {n}")
+    return 0
+
+
+COMMANDS["simulate"] = cmd_simulate
+
+
+# ---- calibrate and verify: measured runs on real devices (torch: the [verify] extra) -------------
+def _add_measured(sub: Any) -> None:
+    c = sub.add_parser("calibrate", help="measure this machine (kernels, memory, collectives) and fit its profile; "
+                                         "or fit engine constants to your own runs (--from-runs)")
+    c.add_argument("--quick", action="store_true", help="a short sweep (seconds to a minute) instead of the full one")
+    c.add_argument("--out", help="profile file to write (default: the one `--cluster local` uses)")
+    c.add_argument("--from-runs", help="CSV of your own end-to-end runs in the silicon columns (e.g. the runs.csv "
+                                       "`planner verify` writes): fit engine constants instead of measuring")
+    c.add_argument("--profile", help="with --from-runs: the profile to tune (default: the device's current one)")
+    c.add_argument("--devices", type=_positive_int, help="CPU-only machines: worker processes that stand for "
+                                                         "devices (default: one per core, up to 8)")
+    c.add_argument("--kernels-dir", help="folder for the measured kernel CSVs (default: beside the profile)")
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    v = sub.add_parser("verify", help="run the top plans of a plans folder for real and compare with the prediction")
+    v.add_argument("plans_dir", help="folder holding plans.json (from `planner plan ... --out`)")
+    v.add_argument("--top", type=_positive_int, default=3, help="how many of the best plans to run")
+    v.add_argument("--runner", choices=("torch", "endpoint"), default="torch",
+                   help="torch: run each plan's layout on this machine; endpoint: drive deployed servers")
+    v.add_argument("--endpoint", action="append", default=[],
+                   help="endpoint runner: http://host:port of plan N's OpenAI-compatible server, once per plan in rank "
+                        "order (or a comma list)")
+    v.add_argument("--served-model", default="", help="endpoint runner: model name the servers expect")
+    v.add_argument("--requests", type=_positive_int, help="requests per client (torch, default 4) or in all "
+                                                          "(endpoint, default 64)")
+    v.add_argument("--time-limit-s", type=_positive_float, default=120.0, help="limit per plan")
+    v.add_argument("--layers", type=_positive_int, help="torch runner: layers of the model copy (default: sized to "
+                                                        "this machine for plans made for another cluster)")
+    v.add_argument("--out", help="folder for verify.json, verify.md and runs.csv (default: plans_dir)")
+    v.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@contextmanager
+def _stage_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A labelled progress bar on stderr (terminals only) fed by calibrate / verify."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), transient=True, disable=not (enabled and sys.stderr.isatty()))
+    task = bar.add_task("starting", total=None)
+
+    def tick(label: str, done: int, total: int) -> None:
+        bar.update(task, description=label, completed=done, total=total)
+
+    with bar:
+        yield tick
+
+
+def _needs_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise PlannerInputError("this command measures with torch, the optional [verify] extra; install it with "
+                                "pip install 'llm-planner[verify]'") from None
+
+
+def cmd_calibrate(a: argparse.Namespace, out: Console) -> int:
+    if a.from_runs:
+        from planner.calibrate.from_runs import fit_runs
+
+        fitted = fit_runs(a.from_runs, a.out, a.profile)
+        rows = [{"engine": f.engine, "runs": f.train_rows, "ttft_mdape_before": fitted.before[f.engine][0],
+                 "tpot_mdape_before": fitted.before[f.engine][1], "ttft_mdape_after": f.train_mdape[0],
+                 "tpot_mdape_after": f.train_mdape[1]} for f in fitted.fits]
+        if a.json:
+            print(json.dumps({"profile": str(fitted.path), "device": fitted.device, "engines": rows}, indent=2))
+            return 0
+        t = Table(title=f"engine constants fitted to {a.from_runs} ({fitted.device})")
+        for col in ("engine", "runs", "TTFT MdAPE % before", "after", "TPOT MdAPE % before", "after"):
+            t.add_column(col, justify="left" if col == "engine" else "right")
+        for r in rows:
+            t.add_row(r["engine"], str(r["runs"]), _fmt(r["ttft_mdape_before"]), _fmt(r["ttft_mdape_after"]),
+                      _fmt(r["tpot_mdape_before"]), _fmt(r["tpot_mdape_after"]))
+        out.print(t)
+        out.print(f"wrote {fitted.path}", style="dim")
+        return 0
+    _needs_torch()
+    from planner.calibrate.run import calibrate
+
+    with _stage_bar(not a.json) as tick:
+        c = calibrate(quick=a.quick, out=Path(a.out) if a.out else None, devices=a.devices,
+                      kernels_dir=Path(a.kernels_dir) if a.kernels_dir else None, progress=tick)
+    g = c.cluster.groups[0]
+    fams = {k: v.model_dump() for k, v in c.profile.fit_error.items()}
+    if a.json:
+        print(json.dumps({"profile": str(c.profile_path), "cluster": str(c.cluster_path), "kernels": str(c.kernels_dir),
+                          "seconds": round(c.seconds, 1), "devices": g.num_devices, "device": g.device.name,
+                          "peak_tflops": g.device.peak_tflops, "hbm_gbps": g.device.hbm_gbps,
+                          "link": g.scaleup.model_dump(exclude={"sources"}), "fit_error": fams,
+                          "runner_overhead": c.profile.engines.get("vllm", None) and
+                          c.profile.engines["vllm"].model_dump()}, indent=2, default=str))
+        return 0
+    t = Table(title=f"{c.cluster.description} ({c.seconds:.0f} s)")
+    for col in ("op family", "rows", "fit MdAPE %", "leave-out MdAPE %"):
+        t.add_column(col, justify="left" if col == "op family" else "right")
+    for name, e in c.profile.fit_error.items():
+        t.add_row(name, str(e.rows), _fmt(e.train_mdape), _fmt(e.leaveout_mdape))
+    out.print(t)
+    tune = c.profile.engines.get("vllm")
+    out.print(f"device {g.device.name} x{g.num_devices}: {g.device.flops('bf16') / 1e9:,.1f} GFLOP/s peak (bf16), "
+              f"{g.device.hbm_gbps:,.2f} GB/s memory; link {g.scaleup.name} {g.scaleup.gbps:,.3f} GB/s, "
+              f"{g.scaleup.latency_us:,.1f} us")
+    if tune is not None:
+        out.print(f"runner overhead {tune.iteration_overhead_ms:.3f} ms per iteration + {tune.per_seq_overhead_us:.1f} "
+                  f"us per sequence (iteration times fitted within {c.overhead_error_pct:.1f}% median)")
+    for path in (c.profile_path, c.cluster_path, c.kernels_dir):
+        out.print(f"wrote {path}", style="dim")
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace, out: Console) -> int:
+    from planner.verify.report import METRICS, verify
+
+    if a.runner == "torch":
+        _needs_torch()
+    endpoints = [u.strip() for e in a.endpoint for u in e.split(",") if u.strip()]
+    with _stage_bar(not a.json) as tick:
+        rep = verify(a.plans_dir, a.top, a.runner, endpoints, a.served_model, a.requests, a.time_limit_s, a.layers,
+                     progress=tick)
+    written = rep.save(Path(a.out or a.plans_dir))
+    if a.json:
+        print(json.dumps(rep.as_dict(), indent=2))
+        return 0
+    t = Table(title=f"{rep.request['model']} on {rep.request['cluster']}: predicted vs measured ({rep.runner} runner, "
+                    f"{rep.seconds:.0f} s)")
+    for col in ("#", "plan", "TTFT ms pred", "meas", "err %", "TPOT ms pred", "meas", "err %", "tok/s pred", "meas",
+                "err %", "meas score", "notes"):
+        t.add_column(col, justify="left" if col in ("plan", "notes") else "right")
+    for r in rep.rows:
+        cells = [str(r.run.rank), r.run.label]
+        for k in METRICS:
+            cells += [_fmt(r.run.predicted[k], 2), _fmt(getattr(r.measured, k), 2), _fmt(r.error(k))]
+        note = r.measured.error or "; ".join([*r.run.notes, *(f"{v} {k}" for k, v in r.measured.failures.items())])
+        t.add_row(*cells, _fmt(r.measured_score, 2), note)
+    out.print(t)
+    out.print(f"median error: TTFT {_fmt(rep.median_error('ttft_ms'))}%, TPOT {_fmt(rep.median_error('tpot_ms'))}%, "
+              f"throughput {_fmt(rep.median_error('output_tok_s'))}%; predicted order "
+              f"{[r.run.rank for r in rep.rows]}, measured {rep.measured_order}: "
+              f"{'held' if rep.order_held else 'did not hold'} (Kendall tau {_fmt(rep.tau, 2)})")
+    for path in written.values():
+        out.print(f"wrote {path}", style="dim")
+    return 0
+
+
+COMMANDS["calibrate"] = cmd_calibrate
+COMMANDS["verify"] = cmd_verify
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, replace
 
 from costmodel.calibration.profile import Profile
+from costmodel.disagg import RoleCapacity, role_capacity
 from costmodel.energy import serving_energy
 from costmodel.engines import Engine
 from costmodel.estimate import Estimate, estimate_instance, instance_memory
@@ -15,7 +16,7 @@ from costmodel.models import ModelSpec
 from costmodel.precision import Precision
 from costmodel.serving import goodput_rps, max_running, open_loop
 from costmodel.workload import SLO, Workload
-from hardware.specs import NodeGroup
+from hardware.specs import Link, NodeGroup
 from searches.base import Evaluated
 
 
@@ -58,6 +59,17 @@ class ServingObjective:
                         power_cap_w=self.power_cap_w)
         e = estimate_instance(inst, self.workload)
         return {"breakdown_ms": dict(e.breakdown_ms), "memory_gib": dict(e.memory)}
+
+    def instance(self, layout: Layout) -> Instance:
+        return Instance(self.model, layout, self.prec, self.group, self.profile, self.engine,
+                        power_cap_w=self.power_cap_w)
+
+    def capacity(self, layout: Layout, role: str, out_link: Link | None = None) -> RoleCapacity:
+        """What one instance of `layout` carries in `role` (agg, prefill, decode) under the SLO; prefill
+        ships its KV cache over the group's scale-up link inside a domain and over `out_link` (default:
+        the group's scale-out network) across."""
+        return role_capacity(self.instance(layout), self.workload, self.slo, role, self.group.scaleup,
+                             out_link or self.group.scaleout)
 
     def __call__(self, layout: Layout) -> Evaluated:
         inst = Instance(self.model, layout, self.prec, self.group, self.profile, self.engine,
@@ -116,3 +128,15 @@ class ServingObjective:
                              f"{key} is {metrics.get(key, 0.0):.1f}, {ratio:.2f}x the objective",
                              {"replicas": replicas, "ratio": ratio})
         return Evaluated(placed, score, True, metrics, "", "", {"replicas": replicas})
+
+
+@dataclass(frozen=True)
+class PoolCapacity:
+    """Picklable `(variant, layout, role) -> RoleCapacity` over one objective per variant, for parallel tables."""
+
+    objectives: tuple[ServingObjective, ...]
+    out_link: Link | None = None
+
+    def __call__(self, item: tuple[int, Layout, str]) -> RoleCapacity:
+        variant, layout, role = item
+        return self.objectives[variant].capacity(layout, role, self.out_link)

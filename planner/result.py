@@ -39,13 +39,33 @@ class Plan:
     power_cap_w: float | None = None  # board power limit of every device; None = default (TDP)
     breakdown_ms: dict[str, float] = field(default_factory=dict)  # per-op time of one iteration
     memory_gib: dict[str, float] = field(default_factory=dict)  # per-device memory
+    # pool plans (plan(modes=..., search=...)): agg, or disagg with `layout`/`replicas`/`device` the decode pool
+    mode: str = "agg"
+    prefill_layout: Layout | None = None
+    prefill_instances: int = 0
+    prefill_device: str = ""
+    pools: tuple[dict[str, Any], ...] = ()  # role, device, layout, instances, devices, rate_rps, binding
+    placement: tuple[dict[str, Any], ...] = ()  # per instance: role, device, group, devices, local_kv
 
     @property
     def devices(self) -> int:
+        if self.pools:
+            return sum(int(p["devices"]) for p in self.pools)
         return self.layout.instance_devices * self.replicas
+
+    @property
+    def decode_layout(self) -> Layout | None:
+        return self.layout if self.mode == "disagg" else None
+
+    @property
+    def decode_instances(self) -> int:
+        return self.replicas if self.mode == "disagg" else 0
 
     def label(self) -> str:
         cap = f" @{self.power_cap_w:g}W" if self.power_cap_w is not None else ""
+        if self.pools:
+            return " + ".join(f"{p['instances']}{'PDA'[('prefill', 'decode', 'agg').index(p['role'])]} "
+                              f"{p['layout']} on {p['device']}" for p in self.pools) + cap
         return f"{self.layout.model_copy(update={'dp': 1}).label()} x{self.replicas} on {self.device}{cap}"
 
     def explain(self) -> str:
@@ -64,7 +84,10 @@ class Plan:
                 "devices": self.devices, "device": self.device, "score": _finite(self.score),
                 "feasible": self.feasible, "metrics": _finite(self.metrics), "binding": self.binding,
                 "detail": self.detail, "why": self.why, "label": self.label(), "power_cap_w": self.power_cap_w,
-                "breakdown_ms": _finite(self.breakdown_ms), "memory_gib": _finite(self.memory_gib)}
+                "breakdown_ms": _finite(self.breakdown_ms), "memory_gib": _finite(self.memory_gib),
+                "mode": self.mode, "prefill_layout": self.prefill_layout.model_dump() if self.prefill_layout else None,
+                "prefill_instances": self.prefill_instances, "prefill_device": self.prefill_device,
+                "pools": [_finite(p) for p in self.pools], "placement": list(self.placement)}
 
 
 @dataclass(frozen=True)

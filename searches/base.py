@@ -31,6 +31,7 @@ class Budget:
     time_s: float = 60.0
     seed: int = 0
     n_jobs: int = 1
+    backend: str = "loky"  # joblib backend for candidate evaluation: loky, threading, or ray (extra [ray])
 
 
 class Objective(Protocol):

@@ -243,9 +243,10 @@ def test_schemas_reject_what_kubernetes_would(tmp_path, dense):
 
 
 def test_skips_what_an_engine_cannot_express_and_says_why(tmp_path):
-    r = plan("deepseek-v3", "cloudmatrix384", workload={"isl": 1024, "osl": 256, "concurrency": 256},
-             precision="int8", budget_s=2)
-    with pytest.raises(PlannerInputError, match="experts over all"):
+    # Ascend NPUs have no FP8 path in vllm-ascend: every plan is one the engine cannot express
+    r = plan("llama-3.1-8b", "atlas-800t-a2", workload={"isl": 1024, "osl": 256, "concurrency": 64},
+             precision="fp8", budget_s=2)
+    with pytest.raises(PlannerInputError, match="cannot run on vllm-ascend"):
         r.emit("ascend", tmp_path, top=1)
     with pytest.raises(PlannerInputError, match="unknown"):
         r.emit("tgi", tmp_path)

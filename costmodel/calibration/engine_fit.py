@@ -61,16 +61,37 @@ class EngineFit:
     heldout_mdape: tuple[float, float]
 
 
-def mdape(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = "auto") -> tuple[float, float]:
-    if not rows:
+def ratios(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = "auto") -> list[tuple[float, float]]:
+    """(measured / predicted) TTFT and TPOT per row."""
+    return [(r.ttft_ms / e.ttft_ms, r.tpot_ms / e.tpot_ms) for r in rows for e in [predict(r, kv, profiles(r))]]
+
+
+def mdape_of(ratio: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median APE of TTFT and TPOT from measured/predicted ratios."""
+    if not ratio:
         return (math.nan, math.nan)
-    errs = [(ape(e.ttft_ms, r.ttft_ms), ape(e.tpot_ms, r.tpot_ms)) for r in rows for e in [predict(r, kv, profiles(r))]]
-    return statistics.median(x for x, _ in errs), statistics.median(y for _, y in errs)
+    return (statistics.median(ape(1.0, 1.0 / a) for a, _ in ratio),
+            statistics.median(ape(1.0, 1.0 / b) for _, b in ratio))
+
+
+def band(ratio: list[tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """p10/p90 of measured/predicted: the interval a prediction's truth falls in 80% of the time."""
+    out = {}
+    for i, key in enumerate(("ttft_ms", "tpot_ms")):
+        vals = np.array([r[i] for r in ratio if math.isfinite(r[i]) and r[i] > 0])
+        if len(vals):
+            out[key] = (round(float(np.percentile(vals, 10)), 3), round(float(np.percentile(vals, 90)), 3))
+    return out
 
 
 def fit_engine(engine: str, rows: Sequence[Row], base: dict[str, Profile], device_of: Callable[[Row], str],
-               heldout: Sequence[str] = (), sample: int = 160, seed: int = 0, kv: str = "auto") -> EngineFit:
-    """Fit `engine`'s tuning on its rows outside the `heldout` groups (a seeded sample of them)."""
+               heldout: Sequence[str] = (), sample: int = 160, seed: int = 0, kv: str = "auto",
+               fixed: dict[str, float] | None = None) -> EngineFit:
+    """Fit `engine`'s tuning on its rows outside the `heldout` groups (a seeded sample of them).
+
+    `fixed` pins parameters (by name) instead of fitting them: an engine with few measured
+    models cannot identify everything, and borrowing e.g. in-engine kernel scales from an engine
+    that runs the same kernels generalises better than fitting them to one model family."""
     mine = [r for r in rows if r.backend == engine]
     train = [r for r in mine if r.group not in heldout]
     test = [r for r in mine if r.group in heldout]
@@ -81,12 +102,26 @@ def fit_engine(engine: str, rows: Sequence[Row], base: dict[str, Profile], devic
         tuned = _tuned(base, engine, t)
         return lambda r: tuned[device_of(r)]
 
-    x0 = np.array([p[1] for p in PARAMS])
-    lo, hi = np.array([p[2] for p in PARAMS]), np.array([p[3] for p in PARAMS])
-    sol = least_squares(lambda x: residuals(fit_rows, profiles_for(tuning_from(x)), kv), x0, bounds=(lo, hi),
-                        loss="soft_l1", f_scale=0.2, diff_step=0.02, max_nfev=60)
-    final = profiles_for(tuning_from(sol.x))
-    train_err, test_err = mdape(train, final, kv), mdape(test, final, kv)
+    fixed = fixed or {}
+    free = [i for i, p in enumerate(PARAMS) if p[0] not in fixed]
+    full = np.array([fixed.get(p[0], p[1]) for p in PARAMS])
+
+    def expand(x: np.ndarray) -> np.ndarray:
+        out = full.copy()
+        out[free] = x
+        return out
+
+    x0 = full[free]
+    lo, hi = np.array([PARAMS[i][2] for i in free]), np.array([PARAMS[i][3] for i in free])
+    sol = least_squares(lambda x: residuals(fit_rows, profiles_for(tuning_from(expand(x))), kv), x0,
+                        bounds=(lo, hi), loss="soft_l1", f_scale=0.2, diff_step=0.02, max_nfev=60)
+    x_final = expand(sol.x)
+    final = profiles_for(tuning_from(x_final))
+    train_ratio, test_ratio = ratios(train, final, kv), ratios(test, final, kv)
+    train_err, test_err = mdape_of(train_ratio), mdape_of(test_ratio)
     note = (f"{len(train)} rows of {engine} (H100/H200 agg, visible silicon file); held out "
             f"{', '.join(heldout) or 'none'}: TTFT/TPOT MdAPE {test_err[0]:.1f}%/{test_err[1]:.1f}%")
-    return EngineFit(engine, tuning_from(sol.x, note), len(train), tuple(heldout), train_err, test_err)
+    if fixed:
+        note += f"; pinned {', '.join(f'{k}={v:.3g}' for k, v in fixed.items())}"
+    tuning = tuning_from(x_final, note).model_copy(update={"error_band": band(train_ratio + test_ratio)})
+    return EngineFit(engine, tuning, len(train), tuple(heldout), train_err, test_err)

@@ -19,7 +19,7 @@ PROFILES = Path(__file__).parent.parent / "data" / "profiles"
 
 
 class RooflineFit(BaseModel):
-    """t = max(FLOPs / (peak x compute_eff x ramp(m) x ramp(k)), bytes / (bw x mem_eff x ramp(B))) + t0,
+    """t = max(FLOPs / (peak x compute_eff x ramp(m) x ramp(k)), bytes / (bw x mem_eff x ramp(B))) + t0
     with ramp(x) = x / (x + x_half).
 
     `m` is the op's parallel extent: output elements for a GEMM (rows x columns: too few output
@@ -91,12 +91,14 @@ class EngineTuning(BaseModel):
     compute_scale: float = Field(default=1.0, gt=0, description="Multiplier on compute-bound op time.")
     memory_scale: float = Field(default=1.0, gt=0, description="Multiplier on memory-bound op time.")
     moe_scale: float = Field(default=1.0, gt=0, description="Multiplier on fused-MoE op time.")
-    fixed_scale: float = Field(default=1.0, ge=0, description="Multiplier on per-kernel fixed latency (graphs hide it).")
+    fixed_scale: float = Field(default=1.0, ge=0, description="Multiplier on kernel fixed latency.")
     iteration_overhead_ms: float | None = Field(default=None, ge=0)
     per_seq_overhead_us: float | None = Field(default=None, ge=0)
     closed_loop_wave: float | None = Field(default=None, ge=0, le=1)
     ttft_overhead_ms: float | None = Field(default=None, ge=0)
     fitted_on: str = Field(default="", description="Rows the tuning was fitted on, and the held-out error.")
+    error_band: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="p10/p90 of measured/predicted on this engine's rows.")
 
     def engine_updates(self) -> dict[str, float]:
         names = ("iteration_overhead_ms", "per_seq_overhead_us", "closed_loop_wave", "ttft_overhead_ms")
@@ -146,6 +148,10 @@ class Profile(BaseModel):
         description="Busiest-device load over the mean, by routing distribution.",
     )
     fit_error: dict[str, FitError] = Field(default_factory=dict, description="Per op family fit quality.")
+    family_scale: dict[str, float] = Field(
+        default_factory=dict,
+        description="Multiplier on kernels with their own measured modules (e.g. MLA attention), by family.")
+    family_t0_us: dict[str, float] = Field(default_factory=dict, description="Extra fixed latency by family.")
     compute_scale: float = Field(default=1.0, gt=0, description="Active engine's multiplier on compute time.")
     memory_scale: float = Field(default=1.0, gt=0, description="Active engine's multiplier on memory time.")
     moe_scale: float = Field(default=1.0, gt=0, description="Active engine's multiplier on fused-MoE time.")
@@ -182,8 +188,11 @@ class Profile(BaseModel):
         t = self.engines.get(engine)
         if t is None:
             return self
-        return self.model_copy(update={"compute_scale": t.compute_scale, "memory_scale": t.memory_scale,
-                                       "moe_scale": t.moe_scale, "fixed_scale": t.fixed_scale})
+        update = {"compute_scale": t.compute_scale, "memory_scale": t.memory_scale, "moe_scale": t.moe_scale,
+                  "fixed_scale": t.fixed_scale, "trust": "fitted"}
+        if t.error_band:
+            update["error_band"] = t.error_band
+        return self.model_copy(update=update)
 
 
 @cache

@@ -33,6 +33,8 @@ from costmodel.simulator.steptable import StepTable
 
 INF = math.inf
 JUMP_MIN = 4  # decode-only iterations worth a vectorised jump
+ITERATION_COLUMNS = ("engine", "start_s", "dur_s", "decode_seqs", "prefill_tokens", "prefill_chunks", "waiting",
+                     "running", "kv_blocks_used")
 
 
 @dataclass
@@ -50,18 +52,28 @@ class Log:
     preempts: list[int]
     replica: list[int]
     rejected: list[bool]
-    it_engine: list[int] = field(default_factory=list)
-    it_start: list[float] = field(default_factory=list)
-    it_dur: list[float] = field(default_factory=list)
-    it_dec: list[int] = field(default_factory=list)
-    it_pre: list[float] = field(default_factory=list)
-    it_chunks: list[int] = field(default_factory=list)
-    it_wait: list[int] = field(default_factory=list)
-    it_run: list[int] = field(default_factory=list)
-    it_kv: list[int] = field(default_factory=list)
+    # one row per iteration: ITERATION_COLUMNS; jumps add whole blocks of rows
+    it_rows: list[tuple[float, ...]] = field(default_factory=list)
+    it_blocks: list[np.ndarray] = field(default_factory=list)
     itl_gap: list[float] = field(default_factory=list)
     itl_w: list[int] = field(default_factory=list)
+    itl_blocks: list[tuple[np.ndarray, int]] = field(default_factory=list)
     preemptions: list[tuple[float, int, int, int, int]] = field(default_factory=list)  # t, rid, eng, free, need
+
+    def iterations(self) -> dict[str, np.ndarray]:
+        """Every iteration in start order, one array per column."""
+        parts = [np.asarray(self.it_rows, dtype=float).reshape(-1, len(ITERATION_COLUMNS)), *self.it_blocks]
+        rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        rows = rows[np.argsort(rows[:, 1], kind="stable")]
+        return {name: rows[:, i] if name in ("start_s", "dur_s") else rows[:, i].astype(np.int64)
+                for i, name in enumerate(ITERATION_COLUMNS)}
+
+    def itl(self) -> tuple[np.ndarray, np.ndarray]:
+        """Inter-token gaps (s) and how many tokens saw each."""
+        gaps = [np.asarray(self.itl_gap, dtype=float)] + [g for g, _ in self.itl_blocks]
+        weights = [np.asarray(self.itl_w, dtype=np.int64)] + [np.full(len(g), w, dtype=np.int64)
+                                                               for g, w in self.itl_blocks]
+        return np.concatenate(gaps), np.concatenate(weights)
 
     @classmethod
     def empty(cls, n: int) -> Log:
@@ -175,6 +187,7 @@ class Engine:
         work = 0.0
         chunks = 0
         completed: list[list[int]] = []
+        stalled = False
         if self.prefill:  # chunked: running prompts continue first, in admission order
             i = 0
             while i < len(self.prefill) and budget > 0:
@@ -184,7 +197,8 @@ class Engine:
                 extra = self._blocks(done + c) - self._blocks(done)
                 if extra > self.free:
                     if (decode and nb) or pt:
-                        break  # wait for this iteration's work to finish and free blocks
+                        stalled = True  # wait for this iteration's work to finish and free blocks
+                        break
                     # nothing else can run: free blocks from the latest prompts (vLLM V1 preempts)
                     while extra > self.free and next(reversed(self.running)) != e[0]:
                         self._preempt(t, extra)
@@ -201,7 +215,8 @@ class Engine:
                     completed.append(e)
                 i += 1
         policy = self.policy
-        while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
+        # as vLLM V1: no new request starts while a running one could not get its blocks
+        while not stalled and self.waiting and budget > 0 and len(self.running) < self.max_seqs:
             rid = self.waiting[0]
             target = self._target(rid)
             if policy == "chunked":
@@ -229,15 +244,8 @@ class Engine:
             return None
         dur = self.table.step_s(nb if decode else 0, self.ctx if decode else 0, pt, work, chunks)
         end = t + dur
-        log.it_engine.append(self.eid)
-        log.it_start.append(t)
-        log.it_dur.append(dur)
-        log.it_dec.append(nb if decode else 0)
-        log.it_pre.append(pt)
-        log.it_chunks.append(chunks)
-        log.it_wait.append(len(self.waiting))
-        log.it_run.append(len(self.running))
-        log.it_kv.append(self.blocks - self.free)
+        log.it_rows.append((self.eid, t, dur, nb if decode else 0, pt, chunks, len(self.waiting), len(self.running),
+                            self.blocks - self.free))
         if decode:
             self._decode_done(end, nb)
         if completed:
@@ -324,34 +332,41 @@ class Engine:
         if k < JUMP_MIN:
             return None
         nb, bs = self.nb, self.bs
+        first = self.table.step_s(nb, float(self.ctx), 0, 0.0, 0)
+        room = (next_arrival - t) / first  # iterations until the next arrival, at most (steps only grow)
+        if room < JUMP_MIN:
+            return None
+        if room < k:
+            k = int(room) + 1
         d = self.table.decode_run_s(nb, float(self.ctx), k)
         ends = t + np.cumsum(d)
-        starts = ends - d
-        k = int(np.searchsorted(starts, next_arrival, side="left"))  # iterations that start before it
-        phase = np.asarray(self.phase)
-        need = phase[(-(self.ds + np.arange(k))) % bs]
-        cum = np.cumsum(need)
-        k = min(k, int(np.searchsorted(cum, self.free, side="right")))
+        if ends[-1] - d[-1] >= next_arrival:
+            k = int(np.searchsorted(ends - d, next_arrival, side="left"))  # iterations that start before it
+        if self.free < nb * (k // bs + 1):  # blocks may run short: stop before the first shortage
+            need = np.asarray(self.phase)[(-(self.ds + np.arange(k))) % bs]
+            k = min(k, int(np.searchsorted(np.cumsum(need), self.free, side="right")))
         if k < JUMP_MIN:
             return None
-        log = self.log
+        d, ends = d[:k], ends[:k]
+        need_total = sum(self.phase) * (k // bs) + sum(self.phase[(-(self.ds + i)) % bs] for i in range(k % bs))
         kv0 = self.blocks - self.free
-        log.it_engine.extend([self.eid] * k)
-        log.it_start.extend(starts[:k].tolist())
-        log.it_dur.extend(d[:k].tolist())
-        log.it_dec.extend([nb] * k)
-        log.it_pre.extend([0] * k)
-        log.it_chunks.extend([0] * k)
-        log.it_wait.extend([0] * k)
-        log.it_run.extend([len(self.running)] * k)
-        log.it_kv.extend((kv0 + cum[:k]).tolist())
-        gaps = np.diff(ends[:k], prepend=self.last_dec_end)
-        log.itl_gap.extend(gaps.tolist())
-        log.itl_w.extend([nb] * k)
-        self.free -= int(cum[k - 1])
+        block = np.empty((k, len(ITERATION_COLUMNS)))
+        block[:, 0] = self.eid
+        block[:, 1] = ends - d
+        block[:, 2] = d
+        block[:, 3] = nb
+        block[:, 4:7] = 0
+        block[:, 7] = len(self.running)
+        # KV in use rises by the sequences crossing a block edge at each step
+        block[:, 8] = kv0 + np.cumsum(np.asarray(self.phase)[(-(self.ds + np.arange(k))) % bs])
+        self.log.it_blocks.append(block)
+        gaps = d.copy()
+        gaps[0] = ends[0] - self.last_dec_end
+        self.log.itl_blocks.append((gaps, nb))
+        self.free -= need_total
         self.ds += k
         self.ctx += nb * k
-        end = float(ends[k - 1])
+        end = float(ends[-1])
         self.last_dec_end = end
         return end
 
@@ -362,7 +377,7 @@ class Simulation:
     def __init__(self, table: StepTable, sched: SchedulerConfig, kv_blocks: int, replicas: int, pp: int,
                  isl: np.ndarray, osl: np.ndarray, arrival_s: np.ndarray | None, concurrency: int | None,
                  slo_s: dict[str, float] | None = None, fail_limit: int | None = None,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, jumps: bool = True):
         n = len(isl)
         self.n = n
         self.log = Log.empty(n)
@@ -372,7 +387,8 @@ class Simulation:
         self.replicas = replicas
         per_engine_blocks = kv_blocks // pp
         seqs = max(1, -(-int(sched.max_num_seqs or 1) // pp))
-        self.engines = [Engine(r * pp + v, r, sched, per_engine_blocks, seqs, table, self.log, self, pp == 1)
+        self.engines = [Engine(r * pp + v, r, sched, per_engine_blocks, seqs, table, self.log, self,
+                               jumps and pp == 1)
                         for r in range(replicas) for v in range(pp)]
         self.bs = sched.block_size
         self.router = sched.router

@@ -38,7 +38,8 @@ def find_goodput(s: Setup, draw: Draw, slo_ms: dict[str, float], target: float =
 
     The same requests (lengths and unit-rate arrival pattern) are replayed at every rate, so
     attainment falls with rate as it should. A run stops as soon as too many requests missed the
-    SLO for the target to be reachable. The answer is within `rel_tol` of the bracket (relative)."""
+    SLO for the target to be reachable. The answer is within `rel_tol` (relative); a goodput below
+    `rel_tol` x `hint_rps` is reported as 0 (the SLO is missed even nearly unloaded)."""
     started = time.monotonic()
     limit = math.floor((1.0 - target) * draw.n + 1e-9)
     evals: list[tuple[float, float | None]] = []
@@ -64,12 +65,11 @@ def find_goodput(s: Setup, draw: Draw, slo_ms: dict[str, float], target: float =
     else:
         best = passed[lo]
         return Goodput(lo, best.attainment(slo_ms), target, rel_tol, tuple(evals), time.monotonic() - started, best)
-    while hi - lo > rel_tol * hi:
+    floor = max(hint_rps, 1e-6) * rel_tol  # below this share of the bracket, goodput counts as zero
+    while hi - lo > rel_tol * hi and not (lo == 0.0 and hi < floor):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    if lo == 0.0 and not ok(hi * rel_tol):  # even a trickle misses the SLO
+    if lo == 0.0:  # even a trickle misses the SLO
         return Goodput(0.0, 0.0, target, rel_tol, tuple(evals), time.monotonic() - started, None)
-    if lo == 0.0:
-        lo = hi * rel_tol
     best = passed[lo]
     return Goodput(lo, best.attainment(slo_ms), target, rel_tol, tuple(evals), time.monotonic() - started, best)

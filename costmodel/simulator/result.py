@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hardware.errors import PlannerInputError
+from hardware.loading import write_atomic
 
 OBJECTIVES = ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms")
 
@@ -205,3 +208,7 @@ class SimResult:
         return {"traceEvents": events, "displayTimeUnit": "ms",
                 "otherData": {"model": self.model, "device": self.device, "layout": self.layout,
                               "engine": self.engine, "iterations_shown": n}}
+
+    def save_chrome_trace(self, path: str | Path, max_iterations: int | None = None) -> Path:
+        """Write `chrome_trace()` as JSON to `path` atomically; open it in ui.perfetto.dev."""
+        return write_atomic(Path(path), json.dumps(self.chrome_trace(max_iterations), separators=(",", ":")))

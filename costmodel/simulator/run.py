@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -62,18 +63,21 @@ def setup(inst: Instance, sched: SchedulerConfig, draw: Draw, replicas: int = 1)
 
 
 def run(s: Setup, draw: Draw, rate_rps: float | None = None, slo_ms: dict[str, float] | None = None,
-        fail_limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> SimResult:
+        fail_limit: int | None = None, progress: Callable[[int, int], None] | None = None,
+        exact: bool = False) -> SimResult:
     """Simulate `draw` (its arrivals rescaled to `rate_rps` when given) on `s`.
 
     With `slo_ms` and `fail_limit`, stop as soon as more than `fail_limit` requests miss the SLO
-    (the goodput search only needs to know that attainment fell short)."""
+    (the goodput search only needs to know that attainment fell short). `exact` calls `step_s`
+    for every iteration, one at a time (no table, no jumps): the reference the fast path is held to."""
     arrivals = draw.arrivals_at(rate_rps)
     slo_s = {k.replace("_ms", "_s"): v / 1e3 for k, v in (slo_ms or {}).items() if v is not None}
-    sim = Simulation(s.table, s.sched, s.kv_blocks, s.replicas, s.pp, draw.isl, draw.osl, arrivals,
-                     draw.concurrency, slo_s, fail_limit, progress)
+    table = replace(s.table, max_rel_err=math.inf) if exact else s.table
+    sim = Simulation(table, s.sched, s.kv_blocks, s.replicas, s.pp, draw.isl, draw.osl, arrivals,
+                     draw.concurrency, slo_s, fail_limit, progress, jumps=not exact)
     log = sim.run()
     notes = []
-    if s.table.exact:
+    if s.table.exact and not exact:
         notes.append(f"step table off by {s.table.max_rel_err:.1%} against step_s; every iteration used step_s")
     if draw.trace is not None and draw.trace.excluded:
         notes.append(f"{len(draw.trace.excluded)} trace requests excluded (first: line "
@@ -82,11 +86,6 @@ def run(s: Setup, draw: Draw, rate_rps: float | None = None, slo_ms: dict[str, f
     if rejected.any():
         notes.append(f"{int(rejected.sum())} requests need more KV cache than the instance has and were refused")
     f = np.asarray
-    iterations = {"engine": f(log.it_engine, dtype=np.int64), "start_s": f(log.it_start, dtype=float),
-                  "dur_s": f(log.it_dur, dtype=float), "decode_seqs": f(log.it_dec, dtype=np.int64),
-                  "prefill_tokens": f(log.it_pre, dtype=np.int64), "prefill_chunks": f(log.it_chunks, dtype=np.int64),
-                  "waiting": f(log.it_wait, dtype=np.int64), "running": f(log.it_run, dtype=np.int64),
-                  "kv_blocks_used": f(log.it_kv, dtype=np.int64)}
     inst = s.inst
     return SimResult(
         model=inst.model.name, device=inst.acc.name, layout=inst.layout.label(), engine=inst.engine.name,
@@ -94,7 +93,6 @@ def run(s: Setup, draw: Draw, rate_rps: float | None = None, slo_ms: dict[str, f
         arrival_s=f(log.arrival, dtype=float), first_token_s=f(log.first, dtype=float),
         finish_s=f(log.finish, dtype=float), isl=draw.isl.copy(), osl=draw.osl.copy(),
         preemptions_per_request=f(log.preempts, dtype=np.int64), replica=f(log.replica, dtype=np.int64),
-        rejected=rejected, iterations=iterations,
-        itl_samples=(f(log.itl_gap, dtype=float), f(log.itl_w, dtype=np.int64)),
+        rejected=rejected, iterations=log.iterations(), itl_samples=log.itl(),
         preemption_events=tuple(log.preemptions), step_table_error=s.table.max_rel_err,
         stopped_early=sim.aborted, notes=tuple(notes))

@@ -4,11 +4,12 @@ Calling `step_s` per iteration costs ~0.2 ms, too slow for tens of thousands of 
 table is built with a few vectorised `step_s` calls and rests on how an iteration's time depends on
 its batch (what the roofline ops in `costmodel.ops` do; `build` checks it numerically):
 
-- decode attention adds to the rest and, at a fixed mean context `C / B`, is linear in the decode
-  batch `B`: so the time at mean context `C / B` is the time at a reference context plus `B` times
-  a one-dimensional function of the mean context, tabulated (sliding windows make it non-linear);
-- prefill attention likewise: the reference time plus `P` prompt tokens times a function of their
-  mean span `A / P` (keys each prompt token attends to);
+- decode attention adds to the rest and depends only on the decode batch `B` and the mean context
+  `C / B`: so the time is the time at a reference context plus `B` times a function of (`B`,
+  mean context), tabulated per integer `B` over a grid of contexts (sliding windows, efficiency
+  ramps in bytes and extent make it non-linear);
+- prefill attention likewise: the reference time plus `P` prompt tokens times a function of (`P`,
+  mean span `A / P`), the keys each prompt token attends to, tabulated on a grid of both;
 - the number of prompt chunks `S` (rows of the LM head, per-sequence overhead) is close to linear;
 - in `B` and the tokens `T = B + P` it is not (GEMM efficiency with rows, roofline knees,
   collectives, the CUDA-graph limit): every integer `B` gets a row of nodes over `T` (every
@@ -32,7 +33,7 @@ from costmodel.ops import Batch
 TOLERANCE = 0.01  # largest relative error accepted before falling back to exact step_s
 CTX_REF = 1024.0  # reference mean decode context of the nodes
 SPAN_REF = 1024.0  # reference mean prefill span of the nodes
-PROBE = 64.0  # decode sequences / prompt tokens at which the context and span functions are measured
+P_RATIO = 1.15  # prompt-token grid spacing of the span function
 LEN_RATIO = 1.05  # context and span grid spacing above 64
 DENSE_T = 128  # every integer token count up to here is a node
 RATIO = 1.03  # node spacing above DENSE_T
@@ -63,8 +64,9 @@ class StepTable:
     base: list[float]  # (b_max + 1) x len(t_grid), row-major; at CTX_REF, SPAN_REF and S = 0
     slope_s: list[float]
     len_grid: list[float]
-    ctx_extra: list[float]  # seconds per decoding sequence at this mean context, less at CTX_REF
-    span_extra: list[float]  # seconds per prompt token at this mean span, less at SPAN_REF
+    ctx_extra: list[list[float]]  # per B, per mean context: seconds per decoding sequence, less at CTX_REF
+    p_grid: list[float]
+    span_extra: list[float]  # p_grid x len_grid, row-major: seconds per prompt token, less at SPAN_REF
     max_rel_err: float
 
     @property
@@ -75,7 +77,7 @@ class StepTable:
     def step_s(self, b: int, c: float, p: float, a: float, s: float) -> float:
         if self.exact or b > self.b_max or b + p > self.t_max:
             return self.pass_s(b, c, p, a, s)
-        dec = b * self._along(self.ctx_extra, c / b) if b else 0.0
+        dec = b * self._along(self.ctx_extra[b], c / b) if b else 0.0
         if p == 0:
             return self.dec_base[b] + dec
         t = b + p
@@ -88,15 +90,29 @@ class StepTable:
         if t != lo and j + 1 < n:
             i += 1
             v += (self.base[i] + self.slope_s[i] * s - v) * (t - lo) / (g[j + 1] - lo)
-        return v + dec + p * self._along(self.span_extra, a / p)
+        return v + dec + p * self._span(p, a / p)
 
-    def _along(self, e: list[float], x: float) -> float:
-        """Piecewise-linear in x over `len_grid`, extrapolated past its end."""
+    def _along(self, e: list[float], x: float, offset: int = 0) -> float:
+        """Piecewise-linear in x over `len_grid` (values at e[offset:]), extrapolated past its end."""
         g = self.len_grid
         k = bisect_right(g, x) - 1
-        if k + 1 >= len(g):
+        if k < 0:
+            k = 0
+        elif k + 1 >= len(g):
             k = len(g) - 2
-        return e[k] + (e[k + 1] - e[k]) * (x - g[k]) / (g[k + 1] - g[k])
+        lo = e[offset + k]
+        return lo + (e[offset + k + 1] - lo) * (x - g[k]) / (g[k + 1] - g[k])
+
+    def _span(self, p: float, span: float) -> float:
+        """Bilinear in (prompt tokens, mean span)."""
+        pg = self.p_grid
+        j = bisect_right(pg, p) - 1
+        if j + 1 >= len(pg):
+            j = len(pg) - 2
+        n = len(self.len_grid)
+        lo = self._along(self.span_extra, span, j * n)
+        hi = self._along(self.span_extra, span, (j + 1) * n)
+        return lo + (hi - lo) * (p - pg[j]) / (pg[j + 1] - pg[j])
 
     def decode_run_s(self, b: int, c0: float, k: int) -> np.ndarray:
         """Times of `k` decode-only iterations of `b` sequences, the first at total context `c0`
@@ -104,7 +120,7 @@ class StepTable:
         c = c0 + b * np.arange(k, dtype=float)
         if self.exact or b > self.b_max:
             return np.asarray(self.pass_s(np.full(k, float(b)), c, np.zeros(k), np.zeros(k), np.zeros(k)))
-        return self.dec_base[b] + b * np.interp(c / b, self.len_grid, self.ctx_extra)
+        return self.dec_base[b] + b * np.interp(c / b, self.len_grid, self.ctx_extra[b])
 
     def pass_s(self, b: float | np.ndarray, c: float | np.ndarray, p: float | np.ndarray,
                a: float | np.ndarray, s: float | np.ndarray) -> float | np.ndarray:
@@ -139,6 +155,15 @@ def _eval(inst: Instance, b: np.ndarray, c: np.ndarray, p: np.ndarray, a: np.nda
     return out
 
 
+def _geometric(limit: float, ratio: float) -> np.ndarray:
+    nodes = {1.0}
+    x = 1.0
+    while x < limit:
+        x = max(x * ratio, x + 1)
+        nodes.add(float(round(x)))
+    return np.array(sorted(nodes))
+
+
 def _lengths(limit: float) -> np.ndarray:
     nodes = set(range(1, 65))
     x = 64.0
@@ -169,14 +194,23 @@ def build(inst: Instance, b_max: int, t_max: float, len_max: float = 131072.0, s
     ref = _eval(inst, bb, c1, pp_, a1, one)
     ks = np.where(s2 > 1, _eval(inst, bb, c1, pp_, a1, s2) - ref, 0.0)
     lengths = _lengths(max(len_max, t_max))
-    zl, probe = np.zeros_like(lengths), np.full_like(lengths, PROBE)
-    at_ctx = _eval(inst, probe, probe * lengths, zl, zl, zl)
-    at_span = _eval(inst, zl, zl, probe, probe * lengths, zl + 1)
-    refs = _eval(inst, np.array([PROBE, 0.0]), np.array([PROBE * CTX_REF, 0.0]), np.array([0.0, PROBE]),
-                 np.array([0.0, PROBE * SPAN_REF]), np.array([0.0, 1.0]))
+    nl = len(lengths)
+    # decode attention per B (rows) and mean context (columns), relative to CTX_REF
+    rb = np.repeat(bd[1:], nl)
+    rl = np.tile(lengths, b_max)
+    zr = np.zeros_like(rb)
+    at_ctx = _eval(inst, rb, rb * rl, zr, zr, zr).reshape(b_max, nl)
+    ctx_extra = np.vstack([np.zeros(nl), (at_ctx - dec_base[1:, None]) / bd[1:, None]])
+    # prefill attention per prompt tokens (rows) and mean span (columns), relative to SPAN_REF
+    pg = _geometric(t_max, P_RATIO)
+    rp = np.repeat(pg, nl)
+    rs = np.tile(lengths, len(pg))
+    zp = np.zeros_like(rp)
+    at_span = _eval(inst, zp, zp, rp, rp * rs, zp + 1).reshape(len(pg), nl)
+    at_ref = _eval(inst, np.zeros_like(pg), np.zeros_like(pg), pg, pg * SPAN_REF, np.ones_like(pg))
+    span_extra = (at_span - at_ref[:, None]) / pg[:, None]
     table = StepTable(inst, b_max, t_max, grid.tolist(), dec_base.tolist(), (ref - ks).tolist(), ks.tolist(),
-                      lengths.tolist(), ((at_ctx - refs[0]) / PROBE).tolist(),
-                      ((at_span - refs[1]) / PROBE).tolist(), 0.0)
+                      lengths.tolist(), ctx_extra.tolist(), pg.tolist(), span_extra.ravel().tolist(), 0.0)
     err = check(table, seed)
     return StepTable(**{**table.__dict__, "max_rel_err": err})
 

@@ -1,0 +1,217 @@
+"""The measuring side of `planner calibrate`, run in every worker process at once.
+
+Each rank times the torch runner's own kernels (`planner.verify.kernels`: bf16-stored weights, the
+device's compute dtype) on the sweep's shapes, all ranks together behind a barrier so that every
+"device" is busy as in a serving run; then collectives across the ranks (all-reduce, all-gather,
+all-to-all, send/recv ping-pong) and the runner's per-iteration overhead, serving a small
+calibration model. Every number is the median of `reps` timed calls after a warm-up call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from costmodel.models import from_hf_config
+from planner.calibrate.sweep import Sweep
+from planner.verify.engine import RunSpec, Server
+from planner.verify.kernels import STORE, compute_dtype, decode_attention, linear, prefill_attention
+from planner.verify.model import route, run_experts
+
+# A small Llama unlike the catalog's tiny models (fewer layers, a smaller vocabulary), served to
+# measure the runner's own per-iteration overhead: scheduling, embedding, sampling, KV writes.
+OVERHEAD_MODEL = {"model_type": "llama", "hidden_size": 256, "num_attention_heads": 8, "num_key_value_heads": 4,
+                  "num_hidden_layers": 2, "intermediate_size": 512, "vocab_size": 4096,
+                  "tie_word_embeddings": True}
+OVERHEAD_ISL, OVERHEAD_OSL = 32, 24
+
+
+@dataclass(frozen=True)
+class Job:
+    sweep: Sweep
+    device: str  # "cpu" | "cuda"
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn: Callable[[int], Any], reps: int, dev: torch.device, min_s: float = 0.0, calls: int = 1) -> float:
+    """Median over `reps` rounds of the mean seconds per call of `fn(i)`, each round calling it
+    (with i = 0, 1, 2, ...) until `min_s` has passed, or `calls` times (collectives: every rank
+    must make the same calls), after one warm-up call.
+
+    Rounds that last a while average over what a serving iteration also meets: other processes'
+    time slices on a shared CPU, and the rotation through weight copies (`fn(i)` picks copy i)
+    that keeps weights coming from memory rather than a warm cache, as they do in a whole model.
+    """
+    fn(0)
+    _sync(dev)
+    out, i = [], 1
+    for _ in range(reps):
+        t = time.perf_counter()
+        made = 0
+        while True:
+            fn(i)
+            i += 1
+            made += 1
+            if (min_s > 0 and time.perf_counter() - t >= min_s) or (min_s <= 0 and made >= calls):
+                break
+        _sync(dev)
+        out.append((time.perf_counter() - t) / made)
+    return statistics.median(out)
+
+
+def copies(nbytes: float, sweep: Sweep) -> int:
+    """How many copies of a `nbytes` operand to rotate through so they cannot all stay in cache."""
+    return int(min(16, max(1, -(-sweep.rotate_bytes // max(int(nbytes), 1)))))
+
+
+def _together(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _kernels(job: Job, world: int, dev: torch.device, tick: Callable[[str], None]) -> dict[str, list[Any]]:
+    s, cdt, reps = job.sweep, compute_dtype(dev), job.sweep.reps
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def randn(*shape: int, dtype: torch.dtype = cdt) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(device=dev, dtype=dtype)
+
+    out: dict[str, list[Any]] = {"gemm": [], "context": [], "generation": [], "moe": []}
+    wait = s.min_round_s
+    for m, n, k in s.gemm:
+        x = randn(m, k)
+        w = randn(n, k, dtype=STORE)
+        ws = [w] + [w.clone() for _ in range(copies(n * k * 2, s) - 1)]
+        _together(world)
+        out["gemm"].append((m, n, k, timed(lambda i, x=x, ws=ws: linear(x, ws[i % len(ws)]), reps, dev, wait)))
+        del ws
+        tick("GEMM")
+    for b, isl, h, kv, d in s.context:
+        q, kk, vv = randn(isl, h, d), randn(isl, kv, d), randn(isl, kv, d)
+
+        def prefill(i: int, b: int = b, q: torch.Tensor = q, kk: torch.Tensor = kk, vv: torch.Tensor = vv) -> None:
+            for _ in range(b):  # the runner attends prompt by prompt
+                prefill_attention(q, kk, vv)
+
+        _together(world)
+        out["context"].append((b, isl, h, kv, d, timed(prefill, reps, dev, wait)))
+        tick("prefill attention")
+    for b, ctx, h, kv, d in s.generation:
+        kc0, vc0 = randn(b, kv, ctx, d, dtype=STORE), randn(b, kv, ctx, d, dtype=STORE)
+        caches = [(kc0, vc0)] + [(kc0.clone(), vc0.clone()) for _ in range(copies(b * kv * ctx * d * 4, s) - 1)]
+        q, slots = randn(b, h, d), torch.arange(b, device=dev)
+        lens = torch.full((b,), ctx, dtype=torch.long, device=dev)
+
+        def decode(i: int, q: torch.Tensor = q, caches: list[tuple[torch.Tensor, torch.Tensor]] = caches,
+                   slots: torch.Tensor = slots, lens: torch.Tensor = lens, ctx: int = ctx) -> None:
+            kc, vc = caches[i % len(caches)]
+            decode_attention(q, kc[slots, :, :ctx], vc[slots, :, :ctx], lens)  # gather from the cache, as served
+
+        _together(world)
+        out["generation"].append((b, ctx, h, kv, d, timed(decode, reps, dev, wait)))
+        del caches
+        tick("decode attention")
+    for t, h, i, k, e in s.moe:
+        x = randn(t, h)
+        gu0, dn0 = randn(e, 2 * i, h, dtype=STORE), randn(e, h, i, dtype=STORE)
+        experts = [(gu0, dn0)] + [(gu0.clone(), dn0.clone()) for _ in range(copies(e * 3 * h * i * 2, s) - 1)]
+        weights, chosen = route(x, randn(e, h, dtype=STORE), k)
+
+        def moe(j: int, x: torch.Tensor = x, chosen: torch.Tensor = chosen, weights: torch.Tensor = weights,
+                experts: list[tuple[torch.Tensor, torch.Tensor]] = experts, e: int = e) -> None:
+            gu, dn = experts[j % len(experts)]
+            run_experts(x, chosen, weights, gu, dn, e)
+
+        _together(world)
+        out["moe"].append((t, h, i, k, e, timed(moe, reps, dev, wait)))
+        del experts
+        tick("MoE experts")
+    return out
+
+
+def _copy_gbps(job: Job, world: int, dev: torch.device) -> float:
+    n = job.sweep.copy_bytes // 4
+    src, dst = torch.ones(n, device=dev), torch.empty(n, device=dev)
+    _together(world)
+    return 2 * n * 4 / timed(lambda i: dst.copy_(src), job.sweep.reps, dev) / 1e9  # read + write
+
+
+def _collectives(job: Job, rank: int, world: int, dev: torch.device,
+                 tick: Callable[[str], None]) -> list[tuple[str, int, float]]:
+    out = []
+    reps = max(job.sweep.reps, 5)
+    for size in job.sweep.collective_bytes:
+        elems = max(size // 2 // world * world, world)  # bf16, divisible by the group
+        buf = torch.ones(elems, dtype=STORE, device=dev)
+        shard = torch.ones(elems // world, dtype=STORE, device=dev)
+        parts = [torch.empty_like(shard) for _ in range(world)]
+        a2a = torch.empty_like(buf)
+        nbytes = elems * 2
+        for op, fn in (("all_reduce", lambda i, buf=buf: dist.all_reduce(buf)),
+                       ("all_gather", lambda i, parts=parts, shard=shard: dist.all_gather(parts, shard)),
+                       ("alltoall", lambda i, a2a=a2a, buf=buf: dist.all_to_all_single(a2a, buf))):
+            _together(world)
+            out.append((op, nbytes, timed(fn, reps, dev, calls=job.sweep.collective_calls)))
+
+        def ping(i: int, buf: torch.Tensor = buf) -> None:  # rank 0 <-> 1; half the round trip is one send
+            if rank == 0:
+                dist.send(buf, 1)
+                dist.recv(buf, 1)
+            elif rank == 1:
+                dist.recv(buf, 0)
+                dist.send(buf, 0)
+
+        _together(world)
+        out.append(("send_recv", nbytes, timed(ping, reps, dev, calls=job.sweep.collective_calls) / 2))
+        tick("collectives")
+    return out
+
+
+def _overhead(job: Job, rank: int, world: int) -> list[tuple[int, int, int, int, float]]:
+    """Per-iteration logs of the runner serving OVERHEAD_MODEL, one replica per rank."""
+    spec = from_hf_config(OVERHEAD_MODEL, name="calibration-llama")
+    log: list[tuple[int, int, int, int, float]] = []
+    for clients in job.sweep.overhead_clients:
+        run = RunSpec(model=spec.model_dump(), layout={"dp": world}, isl=OVERHEAD_ISL, osl=OVERHEAD_OSL,
+                      concurrency=clients * world, requests=3, device=job.device)
+        server = Server(run, rank, world)
+        server.serve()
+        log += server.log[len(server.log) // 4:]  # past the staggered start
+    return log
+
+
+def measure_worker(rank: int, world: int, job: Job, progress: Callable[..., None]) -> dict[str, Any]:
+    """Everything one rank measures (see planner.calibrate.run for how the ranks are combined)."""
+    dev = torch.device("cuda", torch.cuda.current_device()) if job.device == "cuda" else torch.device("cpu")
+    count = 0
+
+    def tick(label: str) -> None:
+        nonlocal count
+        count += 1
+        if rank == 0:
+            progress(label, count)
+
+    with torch.inference_mode():
+        result: dict[str, Any] = {"copy_gbps": _copy_gbps(job, world, dev)}
+        tick("memory bandwidth")
+        result.update(_kernels(job, world, dev, tick))
+        result["collectives"] = _collectives(job, rank, world, dev, tick) if world > 1 else []
+    result["overhead"] = _overhead(job, rank, world)
+    tick("runner overhead")
+    return result
+
+
+def steps(s: Sweep, world: int) -> int:
+    """How many ticks `measure_worker` reports, for the progress bar."""
+    return 2 + len(s.gemm) + len(s.context) + len(s.generation) + len(s.moe) + (
+        len(s.collective_bytes) if world > 1 else 0)

@@ -1,0 +1,246 @@
+"""`planner verify`: run the top plans for real, compare with the prediction, write the report.
+
+For each of the `top` plans of a plans folder the runner (torch on this machine, or a deployed
+endpoint per plan) measures TTFT, TPOT and output throughput. The report gives predicted vs
+measured and the absolute percentage error per plan, and whether the predicted order held:
+plans are ordered by measured SLO-meeting output tokens per second per device (the measured
+counterpart of the planner's score), compared with the predicted rank by Kendall's tau.
+It is written atomically as verify.json, verify.md and runs.csv (silicon columns, for
+`planner calibrate --from-runs`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hardware.errors import PlannerInputError
+from hardware.loading import read_mapping, write_atomic
+from planner.verify.measured import Measured
+from planner.verify.sizing import LocalRun, local_run
+
+METRICS = ("ttft_ms", "tpot_ms", "output_tok_s")
+SILICON = ("model_path", "system", "backend", "precision", "mode", "isl", "osl", "batch_size", "tp_size", "pp_size",
+           "attention_dp_size", "moe_ep_size", "silicon_ttft_ms", "silicon_tpot_ms")
+# catalog cluster -> the silicon CSV's `system` name (costmodel.calibration.silicon.SYSTEMS, reversed)
+SYSTEM_OF = {"dgx-h100": "h100_sxm", "hgx-h200": "h200_sxm", "dgx-b200": "b200_sxm", "gb200-nvl72": "gb200",
+             "dgx-a100": "a100_sxm"}
+
+
+def system_of(cluster: str) -> str:
+    """The silicon `system` of a catalog cluster name (an `xN` suffix is the same system)."""
+    return SYSTEM_OF.get(cluster) or SYSTEM_OF.get(re.sub(r"x[1-9][0-9]*$", "", cluster)) or cluster
+
+
+def ape(predicted: float, measured: float) -> float:
+    if not (math.isfinite(predicted) and math.isfinite(measured)) or measured <= 0:
+        return math.nan
+    return abs(predicted - measured) / measured * 100.0
+
+
+def kendall_tau(predicted_rank: Sequence[int], measured_score: Sequence[float]) -> float:
+    """Kendall's tau-a between the predicted order (rank 1 best) and the measured scores (higher best)."""
+    n = len(predicted_rank)
+    if n < 2:
+        return math.nan
+    s = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            pred = (predicted_rank[j] > predicted_rank[i]) - (predicted_rank[j] < predicted_rank[i])
+            meas = (measured_score[i] > measured_score[j]) - (measured_score[i] < measured_score[j])
+            s += pred * meas
+    return s / (n * (n - 1) / 2)
+
+
+@dataclass(frozen=True)
+class Row:
+    run: LocalRun
+    measured: Measured
+    devices: int
+
+    @property
+    def measured_score(self) -> float:
+        """SLO-meeting output tokens per second per device."""
+        slo = self.run.slo
+        return self.measured.slo_tok_s(slo.ttft_ms, slo.tpot_ms) / self.devices if self.measured.ok else 0.0
+
+    def error(self, metric: str) -> float:
+        return ape(self.run.predicted[metric], getattr(self.measured, metric))
+
+    def as_dict(self) -> dict[str, Any]:
+        def num(v: float) -> float | None:
+            return round(v, 4) if math.isfinite(v) else None
+
+        return {"rank": self.run.rank, "label": self.run.label, "devices": self.devices,
+                "as_planned": self.run.as_planned, "notes": list(self.run.notes),
+                "predicted": {k: num(v) for k, v in self.run.predicted.items()},
+                "measured": self.measured.as_dict(),
+                "error_pct": {k: num(self.error(k)) for k in METRICS},
+                "predicted_score": num(self.run.predicted_score), "measured_score": num(self.measured_score)}
+
+
+@dataclass(frozen=True)
+class Report:
+    request: dict[str, Any]
+    runner: str
+    rows: list[Row]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def measured_order(self) -> list[int]:
+        ok = [r for r in self.rows if r.measured.ok]
+        return [r.run.rank for r in sorted(ok, key=lambda r: -r.measured_score)]
+
+    @property
+    def order_held(self) -> bool:
+        ok = [r for r in self.rows if r.measured.ok]
+        return len(ok) == len(self.rows) and self.measured_order == sorted(r.run.rank for r in ok)
+
+    @property
+    def tau(self) -> float:
+        ok = [r for r in self.rows if r.measured.ok]
+        return kendall_tau([r.run.rank for r in ok], [r.measured_score for r in ok])
+
+    def median_error(self, metric: str) -> float:
+        errs = [e for r in self.rows if math.isfinite(e := r.error(metric))]
+        return statistics.median(errs) if errs else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        med = {k: self.median_error(k) for k in METRICS}
+        return {"request": {k: v for k, v in self.request.items() if k != "model_spec"}, "runner": self.runner,
+                "seconds": round(self.seconds, 2), "plans": [r.as_dict() for r in self.rows],
+                "median_error_pct": {k: (round(v, 2) if math.isfinite(v) else None) for k, v in med.items()},
+                "kendall_tau": None if math.isnan(self.tau) else round(self.tau, 4), "order_held": self.order_held,
+                "measured_order": self.measured_order, "notes": self.notes}
+
+    def markdown(self) -> str:
+        r0 = self.request
+        lines = [f"# verify: {r0['model']} on {r0['cluster']} ({self.runner} runner, {self.seconds:.0f} s)", "",
+                 "| # | plan | devices | TTFT ms pred | TTFT ms meas | err % | TPOT ms pred | TPOT ms meas | err % "
+                 "| tok/s pred | tok/s meas | err % | measured score | notes |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            m = r.measured
+            cells = [str(r.run.rank), r.run.label, str(r.devices)]
+            for k in METRICS:
+                cells += [_f(r.run.predicted[k]), _f(getattr(m, k)), _f(r.error(k), 1)]
+            note = m.error or "; ".join([*r.run.notes, *(f"{v} {k}" for k, v in m.failures.items())])
+            cells += [_f(r.measured_score, 2), note]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"Median absolute error: TTFT {_f(self.median_error('ttft_ms'), 1)}%, TPOT "
+                      f"{_f(self.median_error('tpot_ms'), 1)}%, throughput {_f(self.median_error('output_tok_s'), 1)}%.",
+                  f"Predicted order {[r.run.rank for r in self.rows]}, measured order {self.measured_order} "
+                  f"(by SLO-meeting output tok/s per device): {'held' if self.order_held else 'did not hold'}; "
+                  f"Kendall tau {_f(self.tau, 2)}."]
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def runs_csv(self) -> str:
+        """The measured runs in the silicon CSV columns (one instance per row; closed loops only)."""
+        out = io.StringIO()
+        w = csv.writer(out)
+        w.writerow(SILICON)
+        for r in self.rows:
+            run, m = r.run, r.measured
+            if not (m.ok and run.workload.concurrency is not None and math.isfinite(m.tpot_ms)):
+                continue
+            lay = run.layout
+            system = "local" if self.runner == "torch" else system_of(self.request["cluster"])
+            model = run.spec.hf_id or (self.request["model"] if run.as_planned else run.spec.name)
+            w.writerow([model, system, run.engine, "" if run.precision == "bf16" else run.precision, "agg",
+                        run.workload.isl, run.workload.osl, -(-run.workload.concurrency // lay.dp), lay.tp, lay.pp,
+                        lay.attention_dp, lay.ep, round(m.ttft_ms, 4), round(m.tpot_ms, 4)])
+        return out.getvalue()
+
+    def save(self, out_dir: Path) -> dict[str, Path]:
+        return {"json": write_atomic(out_dir / "verify.json", json.dumps(self.as_dict(), indent=2) + "\n"),
+                "md": write_atomic(out_dir / "verify.md", self.markdown()),
+                "runs": write_atomic(out_dir / "runs.csv", self.runs_csv())}
+
+
+def _f(v: float, digits: int = 2) -> str:
+    return f"{v:,.{digits}f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+
+def load_plans(plans_dir: str | Path) -> dict[str, Any]:
+    p = Path(plans_dir)
+    path = p / "plans.json" if p.is_dir() else p
+    if not path.is_file():
+        raise PlannerInputError(f"{plans_dir}: no plans.json there; write one with `planner plan ... --out "
+                                f"{plans_dir}`")
+    data = read_mapping(path)
+    if not data.get("plans"):
+        raise PlannerInputError(f"{path}: it holds no feasible plan to verify; re-plan with looser objectives")
+    if any("layout" not in p for p in data["plans"]):
+        raise PlannerInputError(f"{path}: plans without a single-instance layout (disaggregated pools) cannot be "
+                                "verified yet; plan with the default aggregated mode")
+    return data
+
+
+Runner = Callable[[LocalRun], Measured]
+
+
+def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints: Sequence[str] = (),
+           served_model: str = "", requests: int | None = None, time_limit_s: float = 120.0,
+           layers: int | None = None, progress: Callable[[str, int, int], None] | None = None) -> Report:
+    """Run the `top` best plans of `plans_dir` with `runner` and compare them with their predictions."""
+    if top < 1:
+        raise PlannerInputError(f"--top {top} must be at least 1")
+    data = load_plans(plans_dir)
+    request, plans = data["request"], data["plans"][:top]
+    started = time.monotonic()
+    notes: list[str] = []
+    if runner == "torch":
+        from planner.verify.runner import run_torch  # torch: the [verify] extra
+
+        runs = [local_run(request, p, layers) for p in plans]
+
+        def measure(run: LocalRun) -> Measured:
+            return run_torch(run, requests or 4, time_limit_s)
+    elif runner == "endpoint":
+        from planner.verify.endpoint import Endpoint, run_endpoint
+
+        if len(endpoints) < len(plans):
+            raise PlannerInputError(f"--runner endpoint needs one --endpoint URL per verified plan ({len(plans)}), "
+                                    f"in rank order; got {len(endpoints)}")
+        from costmodel.workload import SLO, Workload
+        from planner.verify.sizing import plan_model
+
+        spec = plan_model(request)
+        model = served_model or spec.hf_id or request["model"]
+        eps = {p["rank"]: Endpoint(u, model) for p, u in zip(plans, endpoints, strict=False)}
+        runs = [LocalRun(rank=p["rank"], label=p["label"], spec=spec, layout=_layout(p),
+                         workload=Workload(**request["workload"]), slo=SLO(**request.get("slo", {})),
+                         precision=request.get("precision", "bf16").partition("+kv-")[0],
+                         engine=request.get("engine", "vllm"),
+                         predicted={k: float(p["metrics"][k]) for k in METRICS}, predicted_score=p["score"],
+                         as_planned=True) for p in plans]
+
+        def measure(run: LocalRun) -> Measured:
+            return run_endpoint(eps[run.rank], run.workload, requests or 64, time_limit_s, vocab=spec.vocab_size)
+    else:
+        raise PlannerInputError(f"--runner {runner!r} is unknown; use torch or endpoint")
+    rows = []
+    for i, run in enumerate(runs):
+        if progress is not None:
+            progress(f"running #{run.rank} {run.label}", i, len(runs))
+        rows.append(Row(run, measure(run), run.layout.total_devices))
+    if progress is not None:
+        progress("done", len(runs), len(runs))
+    return Report(request, runner, rows, time.monotonic() - started, notes)
+
+
+def _layout(plan: dict[str, Any]) -> Any:
+    from costmodel.layout import Layout
+
+    return Layout(**plan["layout"])

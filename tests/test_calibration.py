@@ -1,0 +1,101 @@
+"""Fitted cost-model families against measured rows they were not fitted on, and the profiles."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from costmodel.calibration.kernels import (
+    _subset,
+    context_attention_shapes,
+    fit_collective,
+    fit_family,
+    gemm_shapes,
+    generation_attention_shapes,
+    roofline_s,
+)
+from costmodel.calibration.profile import Profile, profile_for, shipped
+from costmodel.calibration.silicon import errors, load_rows, supported
+from hardware import accelerator
+from planner import estimate
+
+H100 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ops" / "h100_sxm"
+pytestmark = pytest.mark.skipif(not H100.exists(), reason="shared/data is not beside this checkout")
+
+
+def _held_aside(shapes, acc, peak_dtype, shape_dependent=True, seed=1):
+    """Fit on 80% of the rows, return the median APE on the other 20%."""
+    rng = np.random.default_rng(seed)
+    test = rng.random(len(shapes.seconds)) < 0.2
+    fit, _ = fit_family(_subset(shapes, ~test), acc.flops(peak_dtype), acc.hbm_gbps * 1e9, shape_dependent)
+    held = _subset(shapes, test)
+    pred = roofline_s(fit, held, acc.flops(peak_dtype), acc.hbm_gbps * 1e9)
+    return float(np.median(np.abs(pred - held.seconds) / held.seconds) * 100)
+
+
+def test_gemm_fit_predicts_held_aside_rows_within_10_percent():
+    acc = accelerator("h100-sxm")
+    df = pd.read_csv(H100 / "gemm.csv.gz")
+    df = df[(df.gemm_dtype == "bfloat16") & (df.n >= 256) & (df.k >= 256) & (df.k <= 32768)]
+    df = df.sample(6000, random_state=0)
+    assert _held_aside(gemm_shapes(df, "bf16"), acc, "bf16") < 10.0
+
+
+@pytest.mark.parametrize("name, shapes, dependent, tolerance", [
+    ("context_attention", context_attention_shapes, True, 20.0),
+    ("generation_attention", generation_attention_shapes, False, 30.0),
+])
+def test_attention_fits_predict_held_aside_rows(name, shapes, dependent, tolerance):
+    acc = accelerator("h100-sxm")
+    df = pd.read_csv(H100 / f"{name}.csv.gz")
+    df = df[df.kv_cache_dtype == "bfloat16"].sample(5000, random_state=0)
+    assert _held_aside(shapes(df), acc, "bf16", dependent) < tolerance
+
+
+def test_all_reduce_fit_predicts_held_aside_sizes_within_15_percent():
+    df = pd.read_csv(H100 / "custom_allreduce.csv.gz")
+    df = df[df.kernel_source.str.contains("graph")]
+    test = df.message_size.isin([2**12, 2**16, 2**20, 2**24])
+    train = df[~test]
+    # message_size counts bf16 elements
+    fit, _ = fit_collective(2 * train.message_size.to_numpy(float), train.num_gpus.to_numpy(float),
+                            train.latency.to_numpy(float) * 1e-3, "all_reduce", 450.0, 3.0)
+    held = df[test]
+    n, size = held.num_gpus.to_numpy(float), 2 * held.message_size.to_numpy(float)
+    pred = 2 * (n - 1) * fit.step_us * 1e-6 + 2 * (n - 1) / n * size / (450e9 * fit.eff) + fit.alpha_us * 1e-6
+    meas = held.latency.to_numpy(float) * 1e-3
+    assert np.median(np.abs(pred - meas) / meas) < 0.15
+
+
+@pytest.mark.parametrize("device", ["h100-sxm", "h200-sxm"])
+def test_shipped_profiles_are_fitted_round_trip_and_carry_their_errors(device):
+    p = shipped()[device]
+    assert p.trust == "fitted" and "shared/data/ops" in p.source
+    assert Profile.model_validate_json(p.model_dump_json()) == p
+    assert Profile.model_validate(json.loads(json.dumps(p.model_dump(mode="json")))) == p
+    for family in ("gemm.bf16", "context_attention.bf16", "generation_attention.bf16", "comm.all_reduce"):
+        err = p.fit_error[family]
+        assert err.rows > 0 and err.leaveout_mdape < 45
+    for engine in ("vllm", "sglang", "trtllm"):
+        t = p.engines[engine]
+        assert "held out" in t.fitted_on and t.error_band["tpot_ms"][0] < 1 < t.error_band["tpot_ms"][1]
+
+
+def test_estimate_says_which_profile_and_how_trustworthy():
+    fitted = estimate("llama-3.1-8b", "dgx-h100", workload={"isl": 128, "osl": 128, "concurrency": 4})
+    assert fitted.profile_trust == "fitted" and fitted.profile.startswith("h100-sxm")
+    lo, hi = fitted.band["tpot_ms"]
+    assert lo < 1 < hi
+    default = estimate("llama-3.1-8b", "dgx-a100", workload={"isl": 128, "osl": 128, "concurrency": 4})
+    assert default.profile_trust == "spec-default"
+    assert profile_for("a100-sxm-80gb") == Profile()
+
+
+def test_end_to_end_error_on_measured_serving_rows(silicon_csv):
+    """Regression guard on the visible silicon rows for H100/H200 (the accuracy benchmark's table)."""
+    rows = [r for r in load_rows(silicon_csv) if r.system in ("h100_sxm", "h200_sxm") and supported(r)]
+    _, overall = errors(rows)
+    assert overall.rows > 900
+    assert overall.tpot_mape < 20 and overall.ttft_mape < 40
