@@ -127,7 +127,11 @@ def _nearest(start: Iterable[Any], linears: set[Node], forward: bool) -> list[No
 def from_module(module: torch.nn.Module, example: torch.Tensor | tuple[int, ...] | None = None,
                 name: str = "") -> ModelSpec:
     """The ModelSpec of a traced decoder-only transformer module."""
-    t = trace(module, example)
+    return spec_of(trace(module, example), module, name)
+
+
+def spec_of(t: Traced, module: torch.nn.Module, name: str = "") -> ModelSpec:
+    """Read the ModelSpec off a traced module (see the module doc)."""
     order = {n: i for i, n in enumerate(t.gm.graph.nodes)}
     lins = set(t.linears)
     emb = t.weight_shape(t.embedding) if t.embedding.op == "call_module" else _shape(t.embedding.args[1])

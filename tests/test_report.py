@@ -23,9 +23,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def plans_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("plans")
-    # a TPOT objective that some layouts miss, so there are rejected plans too
-    r = plan("llama-3.1-8b", "dgx-h100x2", slo={"tpot_ms": 7.0},
-             workload={"isl": 1024, "osl": 256, "concurrency": 128}, precision="fp8", power_caps=(None, 500, 400))
+    # a TPOT objective between the fastest and slowest layouts, so there are rejected plans too
+    request = dict(workload={"isl": 1024, "osl": 256, "concurrency": 128}, precision="fp8", power_caps=(None, 500, 400))
+    tpots = sorted(p.metrics["tpot_ms"] for p in plan("llama-3.1-8b", "dgx-h100x2", **request).plans)
+    r = plan("llama-3.1-8b", "dgx-h100x2", slo={"tpot_ms": (tpots[0] + tpots[-1]) / 2}, **request)
     assert r.rejected and r.plans
     r.save(out)
     return out

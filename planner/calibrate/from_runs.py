@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from costmodel.calibration import silicon
-from costmodel.calibration.engine_fit import EngineFit, fit_engine, mdape
+from costmodel.calibration.engine_fit import EngineFit, fit_engine, mdape_of, ratios
 from costmodel.calibration.fit import save_profile
 from costmodel.calibration.profile import Profile, profile_for
 from costmodel.calibration.silicon import Row, load_rows
@@ -61,11 +61,15 @@ def fit_runs(path: str | Path, out: str | Path | None = None, profile: str | Pat
     def device_of(r: Row) -> str:
         return devices[r.system]
 
+    # The torch runner's kernels were measured as they run (no in-engine speed-up to learn) and its
+    # clients start staggered (no closed-loop waves): a few local runs then fit just the overheads.
+    fixed = {"compute_scale": 1.0, "memory_scale": 1.0, "moe_scale": 1.0, "fixed_scale": 1.0,
+             "closed_loop_wave": 0.0} if is_local else None
     fits, before = [], {}
     tuned = base
     for engine in sorted({r.backend for r in rows}):
-        before[engine] = mdape([r for r in rows if r.backend == engine], lambda r: base)
-        fit = fit_engine(engine, rows, {device: tuned}, device_of, sample=len(rows))
+        before[engine] = mdape_of(ratios([r for r in rows if r.backend == engine], lambda r: base))
+        fit = fit_engine(engine, rows, {device: tuned}, device_of, sample=len(rows), fixed=fixed)
         tuned = tuned.model_copy(update={"engines": {**tuned.engines, engine: fit.tuning}})
         fits.append(fit)
     target = Path(out) if out else (local.profile_path() if is_local else None)

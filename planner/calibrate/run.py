@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -149,7 +149,8 @@ def describe(results: list[dict[str, Any]], folder: Path, device: str, gpu_names
                        groups=[group])
     busy = f"with all {world} worker process(es) busy"
     acc = local.cpu_accelerator(world, peak_tflops=peak, gbps=gbps,
-                                measured=f"{when}: best bf16-weight GEMM of the sweep, {peak * 1e3:.1f} GFLOP/s, {busy}",
+                                measured=f"{when}: best bf16-weight GEMM of the sweep, {peak * 1e3:.1f} GFLOP/s, "
+                                         f"{busy}",
                                 measured_gbps=f"{when}: copy of {results[0]['copy_bytes'] / 2**20:.0f} MiB "
                                               f"(read + write), median over ranks, {busy}")
     up = local.loopback_link(round(link[0], 4), round(link[1], 2), f"{when}: send/recv between worker processes") \
@@ -157,6 +158,15 @@ def describe(results: list[dict[str, Any]], folder: Path, device: str, gpu_names
     return local.cpu_cluster(world, acc, up, description=f"this machine ({local.cpu_name()}): {world} CPU worker "
                                                           f"process(es), {local.threads_per_device(world)} "
                                                           f"thread(s) each, measured by planner calibrate {when}")
+
+
+def _loadable(profile: Profile) -> Profile:
+    """A family with too few rows for any held-out fold gets a NaN leave-out error, which a saved profile
+    cannot hold (it is written as null and rejected on load): state the train error instead, and say so."""
+    errors = {k: e if math.isfinite(e.leaveout_mdape) else e.model_copy(update={
+        "leaveout_mdape": e.train_mdape, "source": f"{e.source} (too few rows to hold any out: train error)"})
+        for k, e in profile.fit_error.items()}
+    return profile.model_copy(update={"fit_error": errors})
 
 
 def save_cluster(cluster: Cluster, path: Path) -> Path:
@@ -200,6 +210,7 @@ def calibrate(quick: bool = False, out: Path | None = None, devices: int | None 
                           source=f"measured on this machine by planner calibrate{' --quick' if quick else ''} "
                                  f"{date.today().isoformat()}: {local.cpu_name() if not gpus else gpus[0]}, "
                                  f"{world} worker process(es); kernel CSVs in {folder}")
+    profile = _loadable(profile)
     link = fit_link(folder)
     if link is not None:  # the link itself is the send/recv fit: no further efficiency or latency on top
         profile = profile.model_copy(update={

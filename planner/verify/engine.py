@@ -23,8 +23,9 @@ from costmodel.layout import Layout
 from costmodel.models import ModelSpec
 from planner.verify.kernels import STORE
 from planner.verify.model import StepMeta, Transformer
-from planner.verify.parallel import Comm, Mesh, check_runnable
+from planner.verify.parallel import Comm, Mesh
 from planner.verify.scheduler import ClosedLoop, OpenLoop, Scheduler, Step
+from planner.verify.support import check_runnable
 
 STEP, STOP = 1, 0
 IDLE_SLEEP_S = 2e-4

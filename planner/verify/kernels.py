@@ -10,7 +10,7 @@ than fp32). Large weights are up-cast in row blocks that stay in cache, as CPU e
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - the torch convention
 
 STORE = torch.bfloat16  # weights, KV cache and activations sent between processes
 CAST_ROWS = 2048  # up-cast block: 2048 rows x 256-wide fp32 = 2 MiB, about an L2/L3 slice

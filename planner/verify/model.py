@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.fx
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - the torch convention
 from torch import nn
 
 from costmodel.models import ModelSpec
-from hardware.errors import PlannerInputError
 from planner.verify.kernels import (
     STORE,
     apply_rope,
@@ -30,23 +29,15 @@ from planner.verify.kernels import (
     rms_norm,
     rope_tables,
 )
+from planner.verify.support import supported
 
 if TYPE_CHECKING:
     from planner.verify.parallel import Comm
 
 torch.fx.wrap("linear")  # a leaf in traced graphs: its dtype branch is not traceable, its shapes are
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe")
 INIT_STD = 0.02
 ROPE_THETA = 10000.0
-
-
-def supported(spec: ModelSpec) -> None:
-    """Raise one sentence when the runner cannot build `spec`."""
-    if spec.family not in FAMILIES or spec.mla or spec.attention_sinks or spec.sliding_layers:
-        raise PlannerInputError(
-            f"model {spec.name}: the torch runner builds {', '.join(FAMILIES)} (GQA, SwiGLU, top-k MoE), not "
-            f"{spec.family}; verify it with --runner endpoint against a real engine")
 
 
 @dataclass(frozen=True)

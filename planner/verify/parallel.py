@@ -4,11 +4,13 @@ Ranks are laid out replica-major: replica r, pipeline stage s and rank g inside 
 `tp x attention_dp` group sit at `(r * pp + s) * G + g`. Tensor parallelism all-reduces the
 attention and MLP outputs in bf16 (what the cost model counts); expert parallelism dispatches and
 combines (token, expert) rows with all-to-all; pipeline stages exchange activations with
-point-to-point sends; replicas never talk. gloo on CPUs, NCCL on GPUs.
+point-to-point sends; replicas never talk. gloo on CPUs (tensor-parallel all-reduce through shared
+memory, planner.verify.shm), NCCL on GPUs.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,8 +18,10 @@ import torch
 import torch.distributed as dist
 
 from costmodel.layout import Layout
-from hardware.errors import PlannerInputError
 from planner.verify.kernels import STORE
+from planner.verify.launch import RUN_DIR_ENV
+from planner.verify.shm import ShmGroup
+from planner.verify.shm import available as shm_available
 
 if TYPE_CHECKING:
     from planner.verify.model import Block, Shard
@@ -77,19 +81,6 @@ class Mesh:
                      moe_tp=lay.moe_tp, moe_tp_rank=self.g % lay.moe_tp)
 
 
-def check_runnable(layout: Layout) -> None:
-    """The layouts this runner implements, or one sentence saying what it does not."""
-    if layout.sp > 1:
-        raise PlannerInputError(f"layout.sp={layout.sp}: the torch runner does not split prompts over ranks; "
-                                "verify sp plans with --runner endpoint")
-    if layout.attention_dp > 1 and layout.tp > 1:
-        raise PlannerInputError(f"layout tp={layout.tp} with attention_dp={layout.attention_dp}: the torch runner "
-                                "runs attention data parallelism with tp=1 only")
-    if layout.ep not in (1, layout.tp * layout.attention_dp):
-        raise PlannerInputError(f"layout.ep={layout.ep}: the torch runner splits experts over the whole "
-                                f"tp x attention_dp group ({layout.tp * layout.attention_dp}) or not at all")
-
-
 class Comm:
     """The collectives of one rank; built after `init_process_group` by every rank in the same order."""
 
@@ -105,12 +96,18 @@ class Comm:
                     self.group = g
         self.size = mesh.group_size
         self._pending: list[tuple[dist.Work, torch.Tensor]] = []
+        self.shm: ShmGroup | None = None
+        folder = os.environ.get(RUN_DIR_ENV)
+        if self.size > 1 and device.type == "cpu" and folder and shm_available():
+            self.shm = ShmGroup(mesh.stage_ranks(mesh.replica, mesh.stage), mesh.rank, folder, self.group)
 
     # ---- tensor parallel ----------------------------------------------------------------
     def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.size == 1:  # group None would mean the whole world
             return x
         y = x.to(STORE)
+        if self.shm is not None and self.shm.fits(y):
+            return self.shm.all_reduce(y, x.dtype)
         dist.all_reduce(y, group=self.group)
         return y.to(x.dtype)
 
@@ -123,8 +120,11 @@ class Comm:
         if self.mesh.layout.tp == 1:
             return idx + vocab_start
         mine = torch.stack([best.double(), (idx + vocab_start).double()])
-        parts = [torch.empty_like(mine) for _ in range(self.size)]
-        dist.all_gather(parts, mine, group=self.group)
+        if self.shm is not None and self.shm.fits(mine):
+            parts = self.shm.all_gather(mine)
+        else:
+            parts = [torch.empty_like(mine) for _ in range(self.size)]
+            dist.all_gather(parts, mine, group=self.group)
         both = torch.stack(parts)  # [tp, 2, n]
         pick = both[:, 0].argmax(dim=0)
         return both[:, 1].gather(0, pick[None])[0].long()

@@ -137,8 +137,9 @@ class Report:
             note = m.error or "; ".join([*r.run.notes, *(f"{v} {k}" for k, v in m.failures.items())])
             cells += [_f(r.measured_score, 2), note]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"Median absolute error: TTFT {_f(self.median_error('ttft_ms'), 1)}%, TPOT "
-                      f"{_f(self.median_error('tpot_ms'), 1)}%, throughput {_f(self.median_error('output_tok_s'), 1)}%.",
+        med = {k: _f(self.median_error(k), 1) for k in METRICS}
+        lines += ["", f"Median absolute error: TTFT {med['ttft_ms']}%, TPOT {med['tpot_ms']}%, throughput "
+                      f"{med['output_tok_s']}%.",
                   f"Predicted order {[r.run.rank for r in self.rows]}, measured order {self.measured_order} "
                   f"(by SLO-meeting output tok/s per device): {'held' if self.order_held else 'did not hold'}; "
                   f"Kendall tau {_f(self.tau, 2)}."]

@@ -7,7 +7,7 @@ import math
 from costmodel.engines import engine as load_engine
 from hardware import local
 from planner.verify.engine import RunSpec, serve_worker
-from planner.verify.launch import RunFailed, launch
+from planner.verify.launch import RunError, launch
 from planner.verify.measured import Measured, Timed, failed, summarize
 from planner.verify.sizing import LocalRun
 
@@ -39,7 +39,7 @@ def run_torch(run: LocalRun, requests: int = 4, time_limit_s: float = 120.0, see
     threads = 1 if device == "cuda" else local.threads_per_device(local.local_cluster().num_devices)
     try:
         out = launch(serve_worker, world, spec, timeout_s=time_limit_s, threads=threads, device=device)
-    except RunFailed as exc:
+    except RunError as exc:
         return failed(str(exc))
     reqs = [Timed(r["rid"] // CLIENT_KEY, r["submit"], tuple(r["tokens"])) for o in out for r in o["requests"]]
     return summarize(reqs, closed_loop=run.workload.concurrency is not None, notes=run.notes)

@@ -21,8 +21,7 @@ from costmodel.workload import SLO, Workload
 from hardware.catalog import cluster as load_cluster
 from hardware.errors import PlannerInputError
 from hardware.local import LOCAL
-from planner.verify.model import supported
-from planner.verify.parallel import check_runnable
+from planner.verify.support import check_runnable, supported
 
 STEP_BUDGET_S = 0.025  # weights a device may read per decode step of a scaled copy, in time at its bandwidth
 MAX_VOCAB = 32768
@@ -63,6 +62,11 @@ def _layer_bytes(spec: ModelSpec, lay: Layout, weight_bytes: float) -> float:
     return per * weight_bytes
 
 
+def _with(spec: ModelSpec, **update: Any) -> ModelSpec:
+    """`spec` with fields replaced, re-validated (model_copy would keep its cached parameter counts)."""
+    return ModelSpec.model_validate({**spec.model_dump(), **update})
+
+
 def _halve_width(spec: ModelSpec, lay: Layout) -> ModelSpec | None:
     heads, kv = spec.num_heads // 2, max(1, spec.num_kv_heads // 2)
     if heads < lay.tp or heads % lay.tp or heads % kv or spec.hidden_size < 128:
@@ -73,23 +77,22 @@ def _halve_width(spec: ModelSpec, lay: Layout) -> ModelSpec | None:
         width = spec.moe.intermediate_size // 2
         if width % lay.moe_tp:
             return None
-        update["moe"] = spec.moe.model_copy(update={
-            "intermediate_size": width, "shared_intermediate_size": spec.moe.shared_intermediate_size // 2})
-    return spec.model_copy(update=update)
+        update["moe"] = {**spec.moe.model_dump(), "intermediate_size": width,
+                         "shared_intermediate_size": spec.moe.shared_intermediate_size // 2}
+    return _with(spec, **update)
 
 
 def size_model(spec: ModelSpec, lay: Layout, gbps: float, layers: int | None = None,
                weight_bytes: float = 2.0) -> tuple[ModelSpec, list[str]]:
     """A copy of `spec` whose decode step on one device reads about STEP_BUDGET_S of weights: half
     the width while one layer alone is heavier, a vocabulary whose LM head takes at most half the
-    budget, then as many layers as the rest allows (at least one per pipeline stage)."""
+    budget, then as many layers as the rest allows (at least one per pipeline stage) or `layers`."""
     budget = gbps * 1e9 * STEP_BUDGET_S
-    if layers is None:
-        while _layer_bytes(spec, lay, weight_bytes) > budget:
-            smaller = _halve_width(spec, lay)
-            if smaller is None:
-                break
-            spec = smaller
+    while _layer_bytes(spec, lay, weight_bytes) > budget:
+        smaller = _halve_width(spec, lay)
+        if smaller is None:
+            break
+        spec = smaller
     head_room = budget / 2 * lay.tp / (spec.hidden_size * weight_bytes)
     vocab = int(min(spec.vocab_size, MAX_VOCAB, max(1024, head_room)))
     if layers is None:
@@ -100,9 +103,8 @@ def size_model(spec: ModelSpec, lay: Layout, gbps: float, layers: int | None = N
                                 f"{lay.pp}")
     update: dict[str, Any] = {"num_layers": layers, "vocab_size": vocab, "name": f"{spec.name}-scaled"}
     if spec.moe:
-        update["moe"] = spec.moe.model_copy(update={"first_dense_layers": min(spec.moe.first_dense_layers,
-                                                                              layers - 1)})
-    scaled = spec.model_copy(update=update)
+        update["moe"] = {**spec.moe.model_dump(), "first_dense_layers": min(spec.moe.first_dense_layers, layers - 1)}
+    scaled = _with(spec, **update)
     return scaled, [f"scaled copy: {scaled.num_layers} layers, hidden {scaled.hidden_size}, {scaled.num_heads} heads, "
                     f"vocab {scaled.vocab_size}"]
 

@@ -1,0 +1,193 @@
+"""`planner verify` with the torch runner: sharded layouts computed for real, the report, and traced modules.
+
+The runs spawn real worker processes joined by torch.distributed (gloo); each serves a few short
+requests, so every launch takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from costmodel.catalog import model as load_model
+from costmodel.layout import Layout
+from hardware.errors import PlannerInputError
+from planner.cli import main
+from planner.verify.measured import Timed, summarize
+from planner.verify.report import kendall_tau
+from planner.verify.scheduler import ClosedLoop, Scheduler
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An uncalibrated machine: `--cluster local` is the estimate of this one."""
+    monkeypatch.setenv("LLM_PLANNER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LLM_PLANNER_LOCAL_DEVICES", "2")
+    return tmp_path
+
+
+# ---- pure pieces ------------------------------------------------------------------------------
+def test_kendall_tau() -> None:
+    assert kendall_tau([1, 2, 3], [30.0, 20.0, 10.0]) == 1.0
+    assert kendall_tau([1, 2, 3], [10.0, 20.0, 30.0]) == -1.0
+    assert kendall_tau([1, 2, 3], [30.0, 10.0, 20.0]) == pytest.approx(1 / 3)
+    assert math.isnan(kendall_tau([1], [5.0]))
+
+
+def test_scheduler_staggers_clients_and_batches_prefill_with_decode() -> None:
+    s = Scheduler(isl=4, osl=4, slots=8, budget=64, load=ClosedLoop(clients=2, requests_per_client=2))
+    steps = []
+    t = 0.0
+    while not s.done:
+        s.admit(0, t)
+        step = s.next_step()
+        s.complete(step, [7] * (len(step.decode) + sum(c.emits for c in step.chunks)), t := t + 1.0)
+        steps.append((len(step.decode), [c.n for c in step.chunks]))
+    assert steps[0] == (0, [4])  # client 0 alone at first
+    assert steps[2] == (1, [4])  # client 1 starts osl/2 = 2 iterations later, beside client 0's decode
+    assert len(s.finished) == 4 and all(r.generated == 4 for r in s.finished)
+    assert {r.rid for r in s.finished} == {0, 1, 100_000, 100_001}  # client * 100000 + n: same prompts anywhere
+
+
+def test_summarize_measures_the_steady_window() -> None:
+    reqs = [Timed(c, c + 10.0 * n, tuple(c + 10.0 * n + 1 + i for i in range(5))) for c in range(2) for n in range(4)]
+    m = summarize(reqs, closed_loop=True)
+    # the window opens when both first requests are done (t=6) and closes when client 0 has no more (t=35):
+    # each client's first request and client 1's last are left out
+    assert m.completed == 8 and m.requests == 5 and m.window_s == pytest.approx(29.0)
+    assert m.ttft_ms == pytest.approx(1000.0) and m.tpot_ms == pytest.approx(1000.0)
+
+
+def test_verify_needs_a_plans_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["verify", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no plans.json" in err[0]
+
+
+# ---- the torch model and its layouts -------------------------------------------------------------
+def test_runner_refuses_what_it_does_not_implement(torch) -> None:
+    from planner.verify.model import Transformer
+    from planner.verify.support import check_runnable
+
+    with pytest.raises(PlannerInputError, match="sp=2"):
+        check_runnable(Layout(tp=2, sp=2))
+    with pytest.raises(PlannerInputError, match="attention data parallelism with tp=1"):
+        check_runnable(Layout(tp=2, attention_dp=2))
+    with pytest.raises(PlannerInputError, match="--runner endpoint"):
+        Transformer(load_model("deepseek-v3"))
+
+
+def _tokens(out: list[dict]) -> dict[int, list[int]]:
+    return {r["rid"]: r["ids"] for o in out for r in o["requests"]}
+
+
+@pytest.mark.parametrize("name, layouts", [
+    ("tiny-llama", [{"tp": 2}, {"pp": 2}]),
+    ("tiny-moe", [{"tp": 2, "ep": 2}, {"attention_dp": 2, "ep": 2}]),
+])
+def test_sharded_layouts_compute_what_one_process_does(torch, name: str, layouts: list[dict[str, int]]) -> None:
+    """Weights are drawn whole and sliced per rank, so a TP / PP / EP run must produce the greedy tokens
+    of the single-process run (bf16 all-reduces may flip a near-tie; a wrong shard flips everything)."""
+    from planner.verify.engine import RunSpec, Server, serve_worker
+    from planner.verify.launch import launch
+
+    spec = {**load_model(name).model_dump(), "vocab_size": 2048}  # a small vocabulary: quick to draw on every rank
+    one = RunSpec(model=spec, layout={}, isl=8, osl=4, concurrency=2, requests=1)
+    ref = _tokens([Server(one, 0, 1).serve()])
+    assert len(ref) == 2 and all(len(t) == 4 for t in ref.values())
+    for lay in layouts:
+        run = RunSpec(model=spec, layout=lay, isl=8, osl=4, concurrency=2, requests=1)
+        got = _tokens(launch(serve_worker, Layout(**lay).total_devices, run, timeout_s=60))
+        same = sum(got[k][i] == v[i] for k, v in ref.items() for i in range(4))
+        assert set(got) == set(ref) and same >= 7, (lay, got, ref)
+
+
+def test_plan_then_verify_on_this_machine(torch, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plans = home / "plans"
+    assert main(["plan", "--model", "tiny-llama", "--cluster", "local", "--isl", "16", "--osl", "6",
+                 "--concurrency", "4", "--out", str(plans), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(plans), "--top", "3", "--requests", "2", "--json"]) == 0
+    capsys.readouterr()
+    rep = json.loads((plans / "verify.json").read_text())
+    assert {p["label"].split(" ")[0] for p in rep["plans"]} == {"tp1", "tp2", "tp1-pp2"}  # DP, TP, PP over 2
+    for p in rep["plans"]:
+        assert p["as_planned"] and p["devices"] == 2, p
+        assert p["measured"]["tpot_ms"] > 0 and p["measured"]["output_tok_s"] > 0 and not p["measured"]["error"]
+        assert p["error_pct"]["tpot_ms"] is not None and p["measured_score"] > 0
+    assert -1.0 <= rep["kendall_tau"] <= 1.0 and sorted(rep["measured_order"]) == [1, 2, 3]
+    assert "| # | plan |" in (plans / "verify.md").read_text()
+
+    from costmodel.calibration.silicon import load_rows
+
+    rows = load_rows(plans / "runs.csv")
+    assert len(rows) == 3 and {r.system for r in rows} == {"local"} and rows[0].model == "tiny-llama"
+    assert main(["calibrate", "--from-runs", str(plans / "runs.csv"), "--json"]) == 0  # learn from them
+    fitted = json.loads(capsys.readouterr().out)
+    from costmodel.calibration.profile import profile_for
+
+    tuned = profile_for("cpu", fitted["profile"])
+    assert "vllm" in tuned.engines and "3 rows of vllm" in tuned.engines["vllm"].fitted_on
+    assert all(math.isfinite(e["tpot_mdape_after"]) for e in fitted["engines"])
+
+
+def test_a_plan_for_another_cluster_runs_as_a_scaled_copy(torch, home: Path) -> None:
+    from planner.api import plan
+
+    plan("tiny-llama", "dgx-h100", workload={"isl": 16, "osl": 4, "concurrency": 2}).save(home / "p")
+    assert main(["verify", str(home / "p"), "--top", "1", "--layers", "2", "--requests", "2", "--json"]) == 0
+    row = json.loads((home / "p" / "verify.json").read_text())["plans"][0]
+    assert not row["as_planned"] and row["measured"]["tpot_ms"] > 0 and row["devices"] <= 2
+    assert any("scaled copy: 2 layers" in n for n in row["notes"])
+    assert any("re-made for this machine" in n for n in row["notes"])
+
+
+# ---- torch modules as models --------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-moe"])
+def test_tracing_the_runner_module_gives_the_config_graph(torch, name: str) -> None:
+    from costmodel.graph import layer_graph
+    from costmodel.ops import Batch, lm_head_op
+    from costmodel.precision import precision
+    from costmodel.torch_import import matmul_flops, spec_of, trace
+    from planner.verify.model import Transformer
+
+    spec = load_model(name)
+    module = Transformer(spec)
+    b, t = 2, 12
+    graph = trace(module, (b, t))
+    traced = spec_of(graph, module)
+    assert traced.model_dump(exclude={"name", "hf_id"}) == spec.model_dump(exclude={"name", "hf_id"})
+    assert traced.total_params == spec.total_params == sum(p.numel() for p in module.parameters())
+    batch = Batch(prefill_tokens=b * t, prefill_span=(t + 1) / 2, prefill_seqs=b)
+    prec, lay = precision("bf16"), Layout()
+    graph_flops = sum(count * sum(d["flops"] for _, d in layer_graph(spec, lay, prec, batch, moe).nodes(data=True))
+                      for moe, count in ((False, spec.dense_layers), (True, spec.moe_layers)) if count)
+    graph_flops += float(lm_head_op(spec, lay, prec, batch).flops)
+    assert matmul_flops(graph) == pytest.approx(graph_flops, rel=1e-9)
+
+
+def test_plan_and_estimate_take_a_torch_module(torch) -> None:
+    from planner.api import estimate, plan
+    from planner.verify.model import Transformer
+
+    module = Transformer(load_model("tiny-llama"))
+    e = estimate((module, (1, 8)), "dgx-h100", workload={"isl": 64, "osl": 16, "concurrency": 4})
+    same = estimate("tiny-llama", "dgx-h100", workload={"isl": 64, "osl": 16, "concurrency": 4})
+    assert e.model == "Transformer" and e.tpot_ms == pytest.approx(same.tpot_ms)
+    r = plan(module, "dgx-h100", workload={"isl": 64, "osl": 16, "concurrency": 4})
+    assert r.best.metrics["tpot_ms"] > 0 and r.request["model_spec"]["num_layers"] == 4
+
+    class NotATransformer(torch.nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    with pytest.raises(PlannerInputError, match="no token embedding"):
+        estimate(NotATransformer(), "dgx-h100", workload={"isl": 8, "osl": 8, "concurrency": 1})
