@@ -90,7 +90,10 @@ def test_estimate_says_which_profile_and_how_trustworthy():
     assert lo < 1 < hi
     default = estimate("llama-3.1-8b", "dgx-a100", workload={"isl": 128, "osl": 128, "concurrency": 4})
     assert default.profile_trust == "spec-default"
-    assert profile_for("a100-sxm-80gb") == Profile()
+    borrowed = profile_for("a100-sxm-80gb")
+    assert borrowed.trust == "spec-default" and "fitted on h200-sxm" in borrowed.source
+    assert borrowed.gemm == shipped()["h200-sxm"].gemm
+    assert profile_for("mi300x") == Profile()  # no measured device of that vendor to borrow from
 
 
 def test_end_to_end_error_on_measured_serving_rows(silicon_csv):

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from hardware.catalog import accelerators
 from hardware.loading import build, read_mapping
 
 PROFILES = Path(__file__).parent.parent / "data" / "profiles"
@@ -189,7 +190,7 @@ class Profile(BaseModel):
         if t is None:
             return self
         update = {"compute_scale": t.compute_scale, "memory_scale": t.memory_scale, "moe_scale": t.moe_scale,
-                  "fixed_scale": t.fixed_scale, "trust": "fitted"}
+                  "fixed_scale": t.fixed_scale}
         if t.error_band:
             update["error_band"] = t.error_band
         return self.model_copy(update=update)
@@ -205,8 +206,31 @@ def shipped() -> dict[str, Profile]:
     return out
 
 
+# Devices without measurements of their own borrow the efficiencies (fractions of datasheet peak
+# and bandwidth) and engine tuning of the nearest measured device of the same vendor, as
+# AIConfigurator scales speed-of-light by the nearest measured efficiency; the result stays
+# marked "spec-default" because its absolute numbers come from the device's datasheet.
+NEAREST = {"nvidia": "h200-sxm"}
+
+
 def profile_for(device: str, path: str | Path | None = None) -> Profile:
-    """The profile at `path`, else the shipped one for `device`, else spec defaults."""
+    """The profile at `path`, else the shipped one for `device`, else the nearest measured
+    device's efficiencies on this device's datasheet, else plain spec defaults."""
     if path is not None:
         return build(Profile, read_mapping(path), f"profile {path}")
-    return shipped().get(device, Profile())
+    own = shipped().get(device)
+    if own is not None:
+        return own
+    vendor = _vendor(device)
+    donor = shipped().get(NEAREST.get(vendor, ""))
+    if donor is None:
+        return Profile()
+    return donor.model_copy(update={
+        "device": device, "trust": "spec-default", "fit_error": {},
+        "source": f"{device} datasheet peaks x efficiencies fitted on {donor.device} (no measurements of {device})",
+    })
+
+
+def _vendor(device: str) -> str:
+    acc = accelerators().get(device)
+    return acc.vendor if acc else ""

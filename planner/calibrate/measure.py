@@ -18,11 +18,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from costmodel.layout import Layout
 from costmodel.models import from_hf_config
 from planner.calibrate.sweep import Sweep
 from planner.verify.engine import RunSpec, Server
 from planner.verify.kernels import STORE, compute_dtype, decode_attention, linear, prefill_attention
 from planner.verify.model import route, run_experts
+from planner.verify.parallel import Comm, Mesh
 
 # A small Llama unlike the catalog's tiny models (fewer layers, a smaller vocabulary), served to
 # measure the runner's own per-iteration overhead: scheduling, embedding, sampling, KV writes.
@@ -147,17 +149,21 @@ def _copy_gbps(job: Job, world: int, dev: torch.device) -> float:
 
 
 def _collectives(job: Job, rank: int, world: int, dev: torch.device,
-                 tick: Callable[[str], None]) -> list[tuple[str, int, float]]:
+                 tick: Callable[[str], None]) -> tuple[list[tuple[str, int, float]], str]:
+    """Timings of each collective by message size, and how the runner's all-reduce is done."""
     out = []
     reps = max(job.sweep.reps, 5)
+    comm = Comm(Mesh(rank, Layout(tp=world)), dev)  # the runner's tensor-parallel all-reduce, as it runs
+    how = "shm" if comm.shm is not None else ("nccl" if dev.type == "cuda" else "gloo")
     for size in job.sweep.collective_bytes:
         elems = max(size // 2 // world * world, world)  # bf16, divisible by the group
         buf = torch.ones(elems, dtype=STORE, device=dev)
+        act = torch.ones(elems, dtype=compute_dtype(dev), device=dev)
         shard = torch.ones(elems // world, dtype=STORE, device=dev)
         parts = [torch.empty_like(shard) for _ in range(world)]
         a2a = torch.empty_like(buf)
         nbytes = elems * 2
-        for op, fn in (("all_reduce", lambda i, buf=buf: dist.all_reduce(buf)),
+        for op, fn in (("all_reduce", lambda i, act=act: comm.tp_all_reduce(act)),
                        ("all_gather", lambda i, parts=parts, shard=shard: dist.all_gather(parts, shard)),
                        ("alltoall", lambda i, a2a=a2a, buf=buf: dist.all_to_all_single(a2a, buf))):
             _together(world)
@@ -174,7 +180,7 @@ def _collectives(job: Job, rank: int, world: int, dev: torch.device,
         _together(world)
         out.append(("send_recv", nbytes, timed(ping, reps, dev, calls=job.sweep.collective_calls) / 2))
         tick("collectives")
-    return out
+    return out, how
 
 
 def _overhead(job: Job, rank: int, world: int) -> list[tuple[int, int, int, int, float]]:
@@ -205,7 +211,8 @@ def measure_worker(rank: int, world: int, job: Job, progress: Callable[..., None
         result: dict[str, Any] = {"copy_gbps": _copy_gbps(job, world, dev)}
         tick("memory bandwidth")
         result.update(_kernels(job, world, dev, tick))
-        result["collectives"] = _collectives(job, rank, world, dev, tick) if world > 1 else []
+        result["collectives"], result["all_reduce_by"] = _collectives(job, rank, world, dev, tick) \
+            if world > 1 else ([], "")
     result["overhead"] = _overhead(job, rank, world)
     tick("runner overhead")
     return result

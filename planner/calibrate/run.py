@@ -90,8 +90,10 @@ def write_kernels(folder: Path, results: list[dict[str, Any]], device_name: str,
     world = len(results)
     if world > 1:
         coll = _median_rows([[(op, size, t) for op, size, t in r["collectives"]] for r in results])
+        how = results[0].get("all_reduce_by") or backend  # the runner's TP all-reduce: shared memory on CPUs
         _write(folder / "nccl.csv", [*head, "nccl_dtype", "num_gpus", "message_size", "latency"],
-               [[*lead, op, backend, "half", world, size, t * 1e3] for op, size, t in coll if op != "send_recv"])
+               [[*lead, op, how if op == "all_reduce" else backend, "half", world, size, t * 1e3]
+                for op, size, t in coll if op != "send_recv"])
         p2p = [(size, t) for op, size, t in results[0]["collectives"] if op == "send_recv"]
         _write(folder / "send_recv.csv", ["size", "num_workers", "devices_per_node", "time_stats.send_recv.median"],
                [[size, 2, world, t * 1e3] for size, t in p2p])

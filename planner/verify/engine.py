@@ -114,6 +114,7 @@ class Server:
                                          client_base=client_base, slot_base=slots))
             slots += n
         self.cache = self.model.allocate_cache(slots, spec.isl + spec.osl)
+        self.max_emit = max(s_.slots for s_ in self.scheds)  # tokens one micro-batch can return
         self.log: list[tuple[int, int, int, int, float]] = []  # decode, prefill tokens, prompts, ctx sum, seconds
 
     # ---- one iteration ---------------------------------------------------------------------
@@ -198,9 +199,8 @@ class Server:
             for g, sched in enumerate(self.scheds):
                 if inflight and inflight[0][0] == g:
                     _, step = inflight.popleft()
-                    n = int(comm.recv((1,), torch.long, last).item())
-                    tokens = comm.recv((n,), torch.long, last).tolist() if n else []
-                    sched.complete(step, tokens, time.perf_counter())
+                    back = comm.recv((1 + self.max_emit,), torch.long, last).tolist()
+                    sched.complete(step, back[1:1 + back[0]], time.perf_counter())
                 now = time.perf_counter()
                 sched.admit(self._arrivals(sched, now), now)
                 step = sched.next_step()
@@ -210,7 +210,7 @@ class Server:
                 meta = self._meta(step)
                 x = self.model.run_layers(self.model.embed_tokens(self._ids(step)), meta, self.cache, comm)
                 header = torch.tensor([STEP, meta.n_dec, len(meta.chunks), meta.tokens], dtype=torch.long)
-                comm.send([header, meta.pack(), x.to(STORE)], nxt)
+                comm.send([header, pack(meta.pack(), x)], nxt)
                 comm.flush()
                 inflight.append((g, step))
                 sent = True
@@ -229,24 +229,37 @@ class Server:
         first = self.mesh.at(0)
         nxt = self.mesh.at(stage + 1) if stage + 1 < pp else None
         hidden = self.spec.spec.hidden_size
-        while True:
+        while True:  # header, then one payload: metadata and activations
             header = comm.recv((4,), torch.long, prev)
             kind, n_dec, n_chunks, tokens = header.tolist()
             if kind == STOP:
                 if nxt is not None:
                     comm.send([header], nxt)
                 return
-            packed = comm.recv((2 * n_dec + 4 * n_chunks,), torch.long, prev)
+            ints = 2 * n_dec + 4 * n_chunks
+            payload = comm.recv((ints * 8 + tokens * hidden * 2,), torch.uint8, prev)
+            packed, x = unpack(payload, ints, (tokens, hidden))
             meta = StepMeta.unpack(packed, n_dec, n_chunks, self.device)
-            x = comm.recv((tokens, hidden), STORE, prev).to(self.model.compute)
-            x = self.model.run_layers(x, meta, self.cache, comm)
+            x = self.model.run_layers(x.to(self.model.compute), meta, self.cache, comm)
             if nxt is not None:
-                comm.send([header, packed, x.to(STORE)], nxt)
+                comm.send([header, pack(packed, x)], nxt)
             else:
                 out = self.model.sample(x, meta, comm).to(torch.long)
-                count = torch.tensor([out.shape[0]], dtype=torch.long)
-                comm.send([count, out] if out.shape[0] else [count], first)
+                back = torch.zeros(1 + self.max_emit, dtype=torch.long)
+                back[0] = out.shape[0]
+                back[1:1 + out.shape[0]] = out.cpu()
+                comm.send([back], first)
             comm.flush()
+
+
+def pack(ints: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A step's metadata and activations as one byte message (one send instead of two)."""
+    return torch.cat([ints.cpu().view(torch.uint8), x.to(STORE).cpu().contiguous().view(-1).view(torch.uint8)])
+
+
+def unpack(payload: torch.Tensor, ints: int, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    payload = payload.cpu()
+    return payload[:ints * 8].view(torch.long), payload[ints * 8:].view(STORE).view(shape)
 
 
 def serve_worker(rank: int, world: int, spec: RunSpec, progress: Callable[..., None]) -> dict[str, Any]:

@@ -84,6 +84,7 @@ class Scheduler:
                  client_base: int = 0, slot_base: int = 0) -> None:
         self.isl, self.osl, self.budget = isl, osl, budget
         self.load = load
+        self.slots = slots
         self.free = list(range(slot_base + slots - 1, slot_base - 1, -1))  # pop() hands out the lowest first
         self.waiting: list[Request] = []
         self.running: list[Request] = []
