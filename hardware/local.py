@@ -156,7 +156,7 @@ def cpu_cluster(devices: int | None = None, accelerator: Accelerator | None = No
     )
 
 
-def _gpus() -> list[str]:
+def gpu_names() -> list[str]:
     """Names of the visible CUDA devices; empty without a driver or without torch (the [verify] extra)."""
     if not (shutil.which("nvidia-smi") or Path("/proc/driver/nvidia").exists()):
         return []
@@ -199,5 +199,5 @@ def local_cluster() -> Cluster:
     p = cluster_path()
     if p.is_file():
         return build(Cluster, read_mapping(p), f"local cluster file {p}")
-    names = _gpus()
+    names = gpu_names()
     return gpu_cluster(names) if names else cpu_cluster()

@@ -261,3 +261,86 @@ def test_cli_emit_writes_folders_and_rejects_bad_targets(tmp_path, capsys):
     assert main([*args, "--emit", "vllm"]) == 2
     assert "error:" in capsys.readouterr().err
     assert set(TARGETS) == {"vllm", "sglang", "trtllm", "dynamo", "k8s", "ascend"}
+
+
+@pytest.fixture(scope="module")
+def pd():  # aggregated and prefill/decode plans side by side; the disaggregated ones have two pools
+    return plan("llama-3.1-8b", "dgx-h100x2", slo={"ttft_ms": 1000, "tpot_ms": 50},
+                workload={"isl": 1024, "osl": 256, "rate_rps": 20}, modes=("agg", "disagg"), budget_s=5)
+
+
+def _argvs(folder: Path) -> dict[str, list[list[str]]]:
+    """Every command line in a folder, by file: shell scripts parsed, manifests' containers walked."""
+    out: dict[str, list[list[str]]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".sh":
+            out[path.name] = argcheck.commands_in_script(path.read_text())
+        elif path.name in ("k8s.yaml", "dynamo.yaml"):
+            docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+            out[path.name] = [a for d in docs for a in argcheck.container_argvs(d)]
+    return out
+
+
+def _value(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+@pytest.mark.parametrize("target", ["vllm", "sglang", "dynamo", "k8s"])
+def test_disaggregated_plans_emit_a_prefill_and_a_decode_pool(pd, tmp_path, target):
+    disagg = [p for p in pd.plans if p.mode == "disagg"]
+    assert disagg and any(p.mode == "agg" for p in pd.plans)
+    pd.emit(target, tmp_path, top=len(pd.plans))
+    for p in disagg:
+        folder = tmp_path / target / f"plan-{p.rank}"
+        assert _check_folder(folder) >= 2  # every flag against the recorded lists
+        objs = _manifests(folder)
+        for obj in objs:
+            validate_k8s(obj)
+        argvs = _argvs(folder)
+        readme = (folder / "README.md").read_text()
+        assert "prefill:" in readme and "decode:" in readme
+        if target == "vllm":
+            for role, port in (("prefill", "8100"), ("decode", "8000")):
+                serve = next(a for a in argvs[f"launch-{role}.sh"] if a[:2] == ["vllm", "serve"])
+                kv = json.loads(_value(serve, "--kv-transfer-config"))
+                assert kv == {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+                assert "PORT=$((" + port + "+SLOT))" in (folder / f"launch-{role}.sh").read_text()
+            prefill = next(a for a in argvs["launch-prefill.sh"] if a[:2] == ["vllm", "serve"])
+            assert _value(prefill, "--tensor-parallel-size") == str(p.prefill_layout.tp)
+        elif target == "sglang":
+            for role in ("prefill", "decode"):
+                serve = next(a for a in argvs[f"launch-{role}.sh"] if "sglang.launch_server" in a)
+                assert _value(serve, "--disaggregation-mode") == role
+                assert ("--disaggregation-bootstrap-port" in serve) == (role == "prefill")
+            router = next(a for a in argvs["router.sh"] if a[:3] == ["python3", "-m", "sglang_router.launch_router"])
+            assert "--pd-disaggregation" in router
+            assert router.count("--prefill") == p.prefill_instances and router.count("--decode") == p.replicas
+        elif target == "dynamo":
+            services = objs[0]["spec"]["services"]
+            assert services["VllmPrefillWorker"]["replicas"] == p.prefill_instances
+            assert services["VllmDecodeWorker"]["replicas"] == p.replicas
+            workers = {a[a.index("--model") + 1:].count("--is-prefill-worker") for a in argvs["dynamo.yaml"]
+                       if a[:3] == ["python3", "-m", "dynamo.vllm"]}
+            assert workers == {0, 1}  # one worker service is the prefill one
+        else:
+            deps = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Deployment"}
+            name = next(iter(deps)).rsplit("-", 1)[0]
+            assert deps[f"{name}-prefill"]["spec"]["replicas"] == p.prefill_instances
+            assert deps[f"{name}-decode"]["spec"]["replicas"] == p.replicas
+            assert {o["metadata"]["name"] for o in objs if o["kind"] == "Service"} == set(deps)
+            assert all("--kv-transfer-config" in a for a in argvs["k8s.yaml"] if a[:2] == ["vllm", "serve"])
+    agg = next(p for p in pd.plans if p.mode == "agg")
+    assert not any((tmp_path / target / f"plan-{agg.rank}").glob("launch-*.sh"))  # aggregated plans unchanged
+
+
+def test_disaggregated_plans_are_skipped_where_no_flags_are_recorded(pd, tmp_path):
+    pd.emit("trtllm", tmp_path, top=len(pd.plans))
+    skipped = (tmp_path / "trtllm" / "SKIPPED.md").read_text()
+    assert all(f"plan #{p.rank} " in skipped for p in pd.plans if p.mode == "disagg")
+    router = argcheck.spec("sglang-0.5.yaml").commands["python3 -m sglang_router.launch_router"]
+    ok = ["python3", "-m", "sglang_router.launch_router", "--pd-disaggregation", "--prefill", "http://p:30100", "8998",
+          "--decode", "http://d:30000"]
+    assert argcheck.check_argv(ok, router) == []
+    assert argcheck.check_argv(ok[:6] + ok[7:], router)  # --prefill takes a URL and a bootstrap port
+    sg = argcheck.spec("sglang-0.5.yaml").commands["python3 -m sglang.launch_server"]
+    assert argcheck.check_argv(["python3", "-m", "sglang.launch_server", "--disaggregation-mode", "both"], sg)

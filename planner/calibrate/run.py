@@ -183,7 +183,7 @@ def calibrate(quick: bool = False, out: Path | None = None, devices: int | None 
     import time
 
     started = time.monotonic()
-    gpus = local._gpus()
+    gpus = local.gpu_names()
     device = "cuda" if gpus else "cpu"
     world = len(gpus) if gpus else local.cpu_devices(devices)
     sweep: Sweep = for_device(device, quick)

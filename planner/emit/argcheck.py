@@ -32,6 +32,7 @@ class Flag:
     type: str
     source: str
     choices: tuple[str, ...] = ()
+    nargs: int = 1  # values one occurrence takes (argparse nargs=N), e.g. sglang_router's --prefill URL PORT
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ def _flags(raw: dict[str, Any], where: str) -> dict[str, Flag]:
             raise ValueError(f"{where}: flag {name} has unknown type {f['type']!r}; use one of {TYPES}")
         if not f.get("source"):
             raise ValueError(f"{where}: flag {name} has no source file")
-        out[name] = Flag(name, f["type"], f["source"], tuple(str(c) for c in f.get("choices", ())))
+        out[name] = Flag(name, f["type"], f["source"], tuple(str(c) for c in f.get("choices", ())),
+                         int(f.get("nargs", 1)))
     return out
 
 
@@ -135,6 +137,13 @@ def check_argv(argv: list[str], command: Command) -> list[str]:
             if eq:
                 errors.append(f"{name} is a switch and takes no value, got {inline!r}")
             i += 1
+            continue
+        if flag.nargs > 1 and not eq:
+            values = args[i + 1:i + 1 + flag.nargs]
+            if len(values) < flag.nargs or any(v.startswith("--") for v in values):
+                errors.append(f"{name} takes {flag.nargs} values")
+            errors += [e for v in values if (e := _value_error(flag, v))]
+            i += 1 + flag.nargs
             continue
         if eq:
             value = inline

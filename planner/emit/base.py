@@ -120,5 +120,39 @@ def write_files(out: Path, files: dict[str, str], flags_file: str) -> list[Path]
     return paths
 
 
+# A prefill pool listens this far above the engine's port, so both pools can share a node's address space.
+PREFILL_PORT_OFFSET = 100
+
+
+def pool_template(tpl: dict[str, Any], p: Pool) -> dict[str, Any]:
+    """`tpl` with the pool's port: the engine's own for decode and aggregated pools, offset for prefill."""
+    return {**tpl, "port": int(tpl["port"]) + PREFILL_PORT_OFFSET} if p.role == "prefill" else tpl
+
+
+def pool_rows(d: Deployment) -> str:
+    """A Markdown list of the plan's pools: role, instances and layout."""
+    return "\n".join(f"- {p.role}: {p.replicas} instance(s) of tensor-parallel {p.tp}"
+                     f"{f' x attention-data-parallel {p.attention_dp}' if p.attention_dp > 1 else ''}"
+                     f"{f' x pipeline {p.pp}' if p.pp > 1 else ''}, {p.instance_devices} device(s) each"
+                     for p in d.pools)
+
+
+def disagg_files(d: Deployment, per_pool: dict[str, dict[str, str]], launch_how: str,
+                 notes: list[str]) -> dict[str, str]:
+    """One folder for a prefill/decode plan: launch-<role>.sh per pool, the decode pool's bench.sh (pointed at
+    the router), and the decode pool's README with both pools and the launch order."""
+    files = {f"launch-{role}.sh": f["launch.sh"] for role, f in per_pool.items() if "launch.sh" in f}
+    dec = per_pool["decode"]
+    files["bench.sh"] = dec["bench.sh"]
+    head, _, rest = dec["README.md"].partition("## Launch\n\n```\n")
+    tail = rest.split("```", 1)[1]
+    rows = pool_rows(d)
+    extra = "".join(f"\n\nNote: {n}" for n in notes)
+    files["README.md"] = (f"{head}## Prefill/decode pools\n\n{rows}\n\nThe prefill pool runs whole prompts and ships "
+                          f"their KV cache to the decode pool, which generates the answers.\n\n## Launch\n\n```\n"
+                          f"{launch_how}\n```{tail.rstrip()}{extra}\n")
+    return files
+
+
 def unsupported(d: Deployment, engine: str, why: str, fix: str) -> PlannerInputError:
     return PlannerInputError(f"plan #{d.rank} ({d.label}) cannot run on {engine}: {why}; {fix}")

@@ -6,11 +6,12 @@ tensor-parallel and expert-parallel degrees and device counts are multiplied by 
 here, once, and every emitter sees engine units.
 
 A deployment is a tuple of pools. Aggregated plans have one pool (role "aggregated"); disaggregated
-prefill/decode plans will add a "prefill" and a "decode" pool, each rendered by the same emitters.
+prefill/decode plans have a "prefill" and a "decode" pool, each rendered by the same emitters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -91,6 +92,11 @@ class Deployment:
         return self.pools[0]
 
     @property
+    def disaggregated(self) -> bool:
+        """A prefill pool and a decode pool (in that order) instead of one aggregated pool."""
+        return [p.role for p in self.pools] == ["prefill", "decode"]
+
+    @property
     def resource_name(self) -> str:
         return RESOURCE_NAMES[self.vendor]
 
@@ -147,11 +153,22 @@ def deployment(plan: Plan, request: dict[str, Any], target: str) -> Deployment:
                 attention_dp=lay.attention_dp, replicas=plan.replicas,
                 max_num_seqs=max(1, min(running, eng.max_num_seqs)),
                 max_num_batched_tokens=eng.max_num_batched_tokens)
+    pools: tuple[Pool, ...] = (pool,)
+    if plan.mode == "disagg" and plan.prefill_layout is not None:
+        if plan.prefill_device and plan.prefill_device != plan.device:
+            raise PlannerInputError(f"plan #{plan.rank} runs prefill on {plan.prefill_device} and decode on "
+                                    f"{plan.device}; emit handles disaggregated plans whose pools share a device")
+        pl = plan.prefill_layout
+        # a prefill pool runs whole prompts, not a decode batch: the engine's own sequence limit
+        prefill = Pool(role="prefill", tp=pl.tp * d, pp=pl.pp, ep=pl.ep * d if pl.ep > 1 else 1,
+                       attention_dp=pl.attention_dp, replicas=plan.prefill_instances, max_num_seqs=eng.max_num_seqs,
+                       max_num_batched_tokens=eng.max_num_batched_tokens)
+        pools = (prefill, dataclasses.replace(pool, role="decode"))
     wl = request["workload"]
     return Deployment(
         rank=plan.rank, label=plan.label(), model=spec.name, hf_id=spec.hf_id or spec.name, moe=spec.moe is not None,
         cluster=cluster.name, device=dev.name, vendor=dev.vendor, dies=d, devices_per_node=group.devices_per_node * d,
         weights=weights, kv=kv, plan_engine=request.get("engine", "vllm"), chunked_prefill=eng.chunked_prefill,
         mem_fraction=eng.mem_fraction, isl=int(wl["isl"]), osl=int(wl["osl"]), concurrency=wl.get("concurrency"),
-        rate_rps=wl.get("rate_rps"), metrics=dict(plan.metrics), devices=plan.devices * d, pools=(pool,),
+        rate_rps=wl.get("rate_rps"), metrics=dict(plan.metrics), devices=plan.devices * d, pools=pools,
         slo=dict(request.get("slo", {})))

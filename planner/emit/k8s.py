@@ -1,5 +1,6 @@
-"""Kubernetes manifests: a Deployment per plan when an instance fits one node, a LeaderWorkerSet when it
-spans nodes, a Service in front, and the request's engine (vllm-ascend on Ascend clusters) in the pods."""
+"""Kubernetes manifests: a Deployment per pool when an instance fits one node, a LeaderWorkerSet when it
+spans nodes, a Service in front, and the request's engine (vllm-ascend on Ascend clusters) in the pods.
+A disaggregated plan gets a prefill and a decode pool, each its own objects."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hardware.errors import PlannerInputError
 from planner.emit import sglang, trtllm, vllm
 from planner.emit.ascend import TEMPLATE as ASCEND_TEMPLATE
 from planner.emit.ascend import image as ascend_image
-from planner.emit.base import Fragments, common_files, dump_yaml, template, unsupported, write_files
+from planner.emit.base import Fragments, common_files, dump_yaml, pool_rows, template, unsupported, write_files
 from planner.emit.deployment import Deployment, Pool
 
 LWS_API = "leaderworkerset.x-k8s.io/v1"
@@ -70,14 +71,26 @@ def _pod_template(labels: dict[str, str], container: dict[str, Any], config_map:
 
 
 def manifests(d: Deployment) -> tuple[list[dict[str, Any]], dict[str, Any], Fragments, dict[str, str]]:
-    """The Kubernetes objects of plan `d`, the engine template, its fragments and any config files."""
+    """The Kubernetes objects of plan `d` (one Deployment or LeaderWorkerSet and one Service per pool), the
+    engine template, the last pool's fragments (the decode pool's when disaggregated) and any config files."""
     engine = _engine(d)
-    p = d.pool
-    tpl, frags, opts = _fragments(d, p, engine)
-    image = ascend_image(d) if engine == "ascend" else tpl["image"]
-    port, name = int(tpl["port"]), d.name
-    nodes = d.nodes_per_instance(p)
+    if d.disaggregated and engine in ("ascend", "trtllm"):
+        raise unsupported(d, "Kubernetes", f"the {engine} pods have no recorded prefill/decode flags",
+                          "plan with --engine vllm or sglang for disaggregated pools")
+    objs: list[dict[str, Any]] = []
     extra: dict[str, str] = {}
+    for p in d.pools:
+        name = d.name if p.role == "aggregated" else f"{d.name}-{p.role}"
+        tpl, frags, opts = _fragments(d, p, engine)
+        objs += _pool_objects(d, p, engine, tpl, frags, opts, name, extra)
+    return objs, tpl, frags, extra
+
+
+def _pool_objects(d: Deployment, p: Pool, engine: str, tpl: dict[str, Any], frags: Fragments, opts: dict[str, Any],
+                  name: str, extra: dict[str, str]) -> list[dict[str, Any]]:
+    image = ascend_image(d) if engine == "ascend" else tpl["image"]
+    port = int(tpl["port"])
+    nodes = d.nodes_per_instance(p)
     objs: list[dict[str, Any]] = []
     config_map = None
     if engine == "trtllm":
@@ -110,19 +123,28 @@ def manifests(d: Deployment) -> tuple[list[dict[str, Any]], dict[str, Any], Frag
         selector = {"app": name, "role": "leader"}
     objs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
                  "spec": {"selector": selector, "ports": [{"name": "http", "port": port, "targetPort": port}]}})
-    return objs, tpl, frags, extra
+    return objs
 
 
 def emit(d: Deployment, out: Path) -> list[Path]:
     objs, tpl, frags, extra = manifests(d)
-    p = d.pool
-    kind = "LeaderWorkerSet" if d.nodes_per_instance(p) > 1 else "Deployment"
+    p = d.pools[-1]  # the decode pool of a disaggregated plan: bench and README describe what serves tokens
+    kinds = sorted({"LeaderWorkerSet" if d.nodes_per_instance(q) > 1 else "Deployment" for q in d.pools})
+    kind = " and ".join(kinds)
+    services = ", ".join(f"`{o['metadata']['name']}`" for o in objs if o["kind"] == "Service")
+    notes = [f"`kubectl apply -f k8s.yaml` creates the {kind}"
+             f"{' (install the LeaderWorkerSet controller first)' if 'LeaderWorkerSet' in kinds else ''}"
+             f" and Service(s) {services}; a Secret `hf-token` (key `token`) is used if present."]
+    if d.disaggregated:
+        notes.append("one Deployment/LeaderWorkerSet per pool (prefill and decode) with the engine's "
+                     "prefill/decode flags; " + (
+                         "route requests with `router.sh` from `--emit sglang`, giving each prefill pod's address "
+                         "(pod IPs, not the Service: the decode server pairs with the prefill server that ran the "
+                         "prompt) as PREFILL_URL_<i>." if _engine(d) == "sglang" else vllm.ROUTER_NOTE))
+        notes.append("prefill/decode pools:\n\n" + pool_rows(d))
     files = common_files(d, p, frags, tpl, title=f"Kubernetes {kind} of {d.model}",
                          engine_title=f"{tpl['engine']} {tpl['version']} on Kubernetes ({kind})", nodes=1, env={},
-                         notes=[f"`kubectl apply -f k8s.yaml` creates the {kind}"
-                                f"{' (install the LeaderWorkerSet controller first)' if kind != 'Deployment' else ''}"
-                                f" and a Service `{d.name}`; a Secret `hf-token` (key `token`) is used if present."],
-                         bench_tool="the engine's own benchmark")
+                         notes=notes, bench_tool="the engine's own benchmark")
     files.pop("launch.sh")
     files["README.md"] = files["README.md"].replace(
         files["README.md"].split("## Launch\n\n```\n", 1)[1].split("```", 1)[0], "kubectl apply -f k8s.yaml\n", 1)

@@ -14,6 +14,9 @@ KV_DTYPES = {"bf16": None, "fp8": "fp8"}  # KvCacheConfig.dtype; None renders "a
 
 
 def options(d: Deployment, p: Pool) -> dict[str, Any]:
+    if d.disaggregated:
+        raise unsupported(d, "trtllm", "its prefill/decode serving (`trtllm-serve disaggregated` and the cache "
+                          "transceiver config) is not among the recorded flags", "emit vllm, sglang or dynamo")
     if d.kv not in KV_DTYPES:
         raise unsupported(d, "trtllm", f"the PyTorch backend has no {d.kv} KV cache", "plan with fp8 or auto KV")
     if p.attention_dp > 1 and p.tp > 1:

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from hardware.errors import PlannerInputError
-from planner.emit.base import Fragments, common_files, render, template, unsupported, write_files
+from planner.emit.base import (
+    Fragments,
+    common_files,
+    disagg_files,
+    pool_template,
+    render,
+    template,
+    unsupported,
+    write_files,
+)
 from planner.emit.deployment import Deployment, Pool
 
 TEMPLATE = "vllm-0.11.yaml"
 KV_DTYPES = {"bf16": None, "fp8": "fp8"}  # vLLM CacheDType; "auto" (no flag) keeps the model's 16-bit dtype
 QUANTIZATION = {"fp8": "fp8"}  # online dynamic FP8 from a 16-bit checkpoint; others need a quantized checkpoint
+# KVTransferConfig of both pools of a disaggregated plan (vllm/config/kv_transfer.py): NIXL moves each prompt's
+# KV cache from the prefill server to the decode server; kv_both lets one connector config serve either role.
+KV_TRANSFER = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"}, separators=(",", ":"))
+ROUTER_NOTE = ("vLLM 0.11's `vllm` command has no prefill/decode router: put a KV-transfer-aware proxy in front of "
+               "the two pools (one that sends each request to a prefill server with max_tokens=1, then to a decode "
+               "server with the returned kv_transfer_params), or emit `dynamo`, whose frontend routes both pools; "
+               "point bench.sh's ENDPOINT at that proxy.")
 
 
 def mode(d: Deployment, p: Pool, engine: str) -> str:
@@ -41,7 +58,8 @@ def options(d: Deployment, p: Pool, engine: str) -> dict[str, Any]:
     m = mode(d, p, engine)
     return {"mode": m, "expert_parallel": d.moe and p.ep > 1, "kv_dtype": KV_DTYPES[d.kv],
             "quantization": QUANTIZATION.get(d.weights), "dp_local": d.devices_per_node // (p.tp * p.pp),
-            "max_model_len": d.isl + d.osl, "nodes": d.nodes_per_instance(p)}
+            "max_model_len": d.isl + d.osl, "nodes": d.nodes_per_instance(p),
+            "kv_transfer": KV_TRANSFER if p.role != "aggregated" else None}
 
 
 def notes(d: Deployment) -> list[str]:
@@ -72,15 +90,23 @@ def emit(d: Deployment, out: Path) -> list[Path]:
 def emit_with(d: Deployment, out: Path, template_file: str, engine: str) -> list[Path]:
     """The vLLM-family folder for `d` from one template file (vLLM itself or a platform plugin's)."""
     tpl = template(template_file)
-    p = d.pool
+    if not d.disaggregated:
+        return write_files(out, _pool_files(d, d.pool, tpl, engine, notes(d)), tpl["flags"])
+    per_pool = {p.role: _pool_files(d, p, pool_template(tpl, p), engine, []) for p in d.pools}
+    how = ("bash launch-prefill.sh   # on the prefill nodes (REPLICA / NODE_RANK as each script's header says)\n"
+           "bash launch-decode.sh    # on the decode nodes\n"
+           "# then start a prefill/decode proxy in front of both pools (see the note below)")
+    return write_files(out, disagg_files(d, per_pool, how, [*notes(d), ROUTER_NOTE]), tpl["flags"])
+
+
+def _pool_files(d: Deployment, p: Pool, tpl: dict[str, Any], engine: str, note_lines: list[str]) -> dict[str, str]:
     opts = options(d, p, engine)
     nodes = opts["nodes"]
     frags = fragments(d, p, tpl, opts, head="$HEAD_IP", node_var="NODE_RANK",
                       port=str(tpl["port"]) if nodes > 1 else "$PORT")
-    title = f"{tpl['engine']} {tpl['version']} launch of {d.model}"
-    files = common_files(d, p, frags, tpl, title=title, engine_title=f"{engine} {tpl['version']} (`vllm serve`)",
-                         nodes=nodes, env={}, notes=notes(d), bench_tool="`vllm bench serve`")
-    return write_files(out, files, tpl["flags"])
+    title = f"{tpl['engine']} {tpl['version']} launch of {d.model}" + (f" ({p.role} pool)" if d.disaggregated else "")
+    return common_files(d, p, frags, tpl, title=title, engine_title=f"{engine} {tpl['version']} (`vllm serve`)",
+                        nodes=nodes, env={}, notes=note_lines, bench_tool="`vllm bench serve`")
 
 
 def check_vendor(d: Deployment, allowed: tuple[str, ...], engine: str, fix: str) -> None:

@@ -205,7 +205,8 @@ class Server:
                 sched.admit(self._arrivals(sched, now), now)
                 step = sched.next_step()
                 if step.empty:
-                    sched.tick_idle() if not sched.done else None
+                    if not sched.done:
+                        sched.tick_idle()
                     continue
                 meta = self._meta(step)
                 x = self.model.run_layers(self.model.embed_tokens(self._ids(step)), meta, self.cache, comm)

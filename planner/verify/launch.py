@@ -9,6 +9,7 @@ the run: the others are stopped and the error names the rank and its last traceb
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -43,10 +44,8 @@ def _prioritise() -> None:
     """Run ahead of other tenants' processes where allowed (benchmark practice, like `nice -n -10`): on a
     shared machine their time slices would otherwise land inside our timings. Threads started later
     (OpenMP, gloo) inherit it; without the privilege the run goes on at normal priority."""
-    try:
+    with contextlib.suppress(OSError):
         os.nice(NICE)
-    except OSError:
-        pass
 
 
 def _entry(target: Target, rank: int, world: int, arg: Any, init: str, q: Any, threads: int, device: str,

@@ -71,6 +71,29 @@ class Measured:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
+def median_of(rounds: Sequence[Measured]) -> Measured:
+    """Repeated runs of one plan as one measurement: the median of each metric over the rounds that
+    worked (load from other processes shifts a single round; the median keeps the typical one)."""
+    ok = [m for m in rounds if m.ok]
+    if not ok:
+        return rounds[0]
+    fails: dict[str, int] = {}
+    for m in rounds:
+        for k, v in m.failures.items():
+            fails[k] = fails.get(k, 0) + v
+    notes = tuple(dict.fromkeys(n for m in ok for n in m.notes))
+    if len(ok) < len(rounds):
+        notes = (*notes, f"{len(rounds) - len(ok)} of {len(rounds)} rounds failed: {rounds[0].error or 'see log'}")
+    if len(rounds) > 1:
+        tpots = ", ".join(f"{m.tpot_ms:.2f}" for m in ok)
+        notes = (*notes, f"median of {len(ok)} rounds (TPOT ms {tpots})")
+    return Measured(
+        ttft_ms=statistics.median(m.ttft_ms for m in ok), tpot_ms=statistics.median(m.tpot_ms for m in ok),
+        output_tok_s=statistics.median(m.output_tok_s for m in ok), requests=sum(m.requests for m in ok),
+        completed=sum(m.completed for m in ok), window_s=sum(m.window_s for m in ok), failures=fails,
+        notes=notes, per_request=tuple(r for m in ok for r in m.per_request))
+
+
 def failed(error: str, failures: dict[str, int] | None = None) -> Measured:
     return Measured(math.nan, math.nan, 0.0, 0, 0, 0.0, failures or {}, error)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from hardware.errors import PlannerInputError
 from hardware.loading import read_mapping, write_atomic
-from planner.verify.measured import Measured
+from planner.verify.measured import Measured, median_of
 from planner.verify.sizing import LocalRun, local_run
 
 METRICS = ("ttft_ms", "tpot_ms", "output_tok_s")
@@ -193,10 +193,16 @@ Runner = Callable[[LocalRun], Measured]
 
 def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints: Sequence[str] = (),
            served_model: str = "", requests: int | None = None, time_limit_s: float = 120.0,
-           layers: int | None = None, progress: Callable[[str, int, int], None] | None = None) -> Report:
-    """Run the `top` best plans of `plans_dir` with `runner` and compare them with their predictions."""
+           layers: int | None = None, progress: Callable[[str, int, int], None] | None = None,
+           repeats: int = 1) -> Report:
+    """Run the `top` best plans of `plans_dir` with `runner` and compare them with their predictions.
+
+    With `repeats` > 1 the plans run in interleaved rounds (1, 2, 3, 1, 2, 3, ...) and each metric is
+    the median over its rounds, so a burst of load from other processes cannot decide the order."""
     if top < 1:
         raise PlannerInputError(f"--top {top} must be at least 1")
+    if repeats < 1:
+        raise PlannerInputError(f"--repeats {repeats} must be at least 1")
     data = load_plans(plans_dir)
     request, plans = data["request"], data["plans"][:top]
     started = time.monotonic()
@@ -231,14 +237,63 @@ def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints
             return run_endpoint(eps[run.rank], run.workload, requests or 64, time_limit_s, vocab=spec.vocab_size)
     else:
         raise PlannerInputError(f"--runner {runner!r} is unknown; use torch or endpoint")
-    rows = []
-    for i, run in enumerate(runs):
-        if progress is not None:
-            progress(f"running #{run.rank} {run.label}", i, len(runs))
-        rows.append(Row(run, measure(run), run.layout.total_devices))
+    rounds: dict[int, list[Measured]] = {run.rank: [] for run in runs}
+    total = len(runs) * repeats
+    for k in range(repeats):
+        for i, run in enumerate(runs):
+            if progress is not None:
+                progress(f"running #{run.rank} {run.label} (round {k + 1} of {repeats})", k * len(runs) + i, total)
+            rounds[run.rank].append(measure(run))
+    rows = [Row(run, median_of(rounds[run.rank]), run.layout.total_devices) for run in runs]
+    if runner == "torch":
+        notes += [n for run in runs if (n := pipeline_note(run, {p["rank"]: p for p in plans}[run.rank]))]
     if progress is not None:
-        progress("done", len(runs), len(runs))
+        progress("done", total, total)
     return Report(request, runner, rows, time.monotonic() - started, notes)
+
+
+def pipeline_bound_ms(run: LocalRun, decode_batch: float) -> tuple[float, float]:
+    """(the planner's TPOT, a pipeline-bound TPOT) of a pp > 1 run at its steady decode batch, in ms.
+
+    The planner takes one token's time as one pass through all stages at batch/pp, which holds when
+    the stages are balanced. Each stage handles all pp micro-batches per token, so the slowest stage
+    bounds it at pp x that stage's time; the runner splits layers evenly and puts the LM head on the
+    last stage (as vLLM does), which a large vocabulary makes the slowest."""
+    from costmodel.calibration.profile import profile_for
+    from costmodel.engines import engine as load_engine
+    from costmodel.instance import Instance
+    from costmodel.ops import Batch
+    from costmodel.precision import precision as load_precision
+    from hardware.catalog import cluster as load_cluster
+    from hardware.local import LOCAL, calibrated_profile
+
+    lay = run.layout.model_copy(update={"dp": 1})
+    here = load_cluster(LOCAL)
+    group = here.groups[0]
+    inst = Instance(run.spec, lay, load_precision(run.precision), group,
+                    profile_for(group.device.name, calibrated_profile(here)), load_engine(run.engine))
+    ctx = run.workload.isl + run.workload.osl / 2
+    b = Batch(decode_seqs=max(decode_batch, 1.0) / lay.pp, decode_ctx=ctx)
+    parts = {k: float(v) for k, v in inst.breakdown(b).items()}
+    head, send, over = parts.pop("lm_head"), parts.pop("pp_send", 0.0), parts.pop("engine_overhead")
+    layers = sum(parts.values())
+    bounds = [round(i * run.spec.num_layers / lay.pp) for i in range(lay.pp + 1)]
+    stages = [layers * (bounds[i + 1] - bounds[i]) / run.spec.num_layers for i in range(lay.pp)]
+    stages[0] += over
+    stages[-1] += head
+    planned = sum(stages) + send
+    return planned * 1e3, max(planned, lay.pp * max(stages) + send) * 1e3
+
+
+def pipeline_note(run: LocalRun, plan: dict[str, Any]) -> str:
+    if run.layout.pp == 1 or not run.as_planned:
+        return ""
+    planned, bound = pipeline_bound_ms(run, float(plan["metrics"].get("decode_batch", 1.0)))
+    if bound <= planned * 1.05:
+        return ""
+    return (f"#{run.rank} {run.label}: the stages are unbalanced (the LM head sits on the last one): pp x the "
+            f"slowest stage gives a TPOT of {bound:.1f} ms where one balanced pass gives {planned:.1f} ms; the "
+            "cost model's pipeline step (costmodel/instance.py step_s) should take the larger")
 
 
 def _layout(plan: dict[str, Any]) -> Any:

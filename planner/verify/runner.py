@@ -16,7 +16,7 @@ OPEN_LOOP_SECONDS = 20.0  # arrivals an open-loop run offers, at the planned rat
 
 
 def device_kind() -> str:
-    return "cuda" if local._gpus() else "cpu"
+    return "cuda" if local.gpu_names() else "cpu"
 
 
 def run_spec(run: LocalRun, requests: int, seed: int = 0) -> RunSpec:
