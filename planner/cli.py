@@ -463,8 +463,7 @@ def _add_measured(sub: Any) -> None:
                                                           "(endpoint, default 64)")
     v.add_argument("--time-limit-s", type=_positive_float, default=120.0, help="limit per plan and round")
     v.add_argument("--repeats", type=_positive_int, default=1,
-                   help="interleaved rounds per plan; each metric is the median over them (steadier on a shared "
-                        "machine)")
+                   help="interleaved rounds per plan, each keeping its best (steadier on a shared machine)")
     v.add_argument("--layers", type=_positive_int, help="torch runner: layers of the model copy (default: sized to "
                                                         "this machine for plans made for another cluster)")
     v.add_argument("--out", help="folder for verify.json, verify.md and runs.csv (default: plans_dir)")

@@ -9,7 +9,6 @@ calibration model. Every number is the median of `reps` timed calls after a warm
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,13 +45,14 @@ def _sync(dev: torch.device) -> None:
 
 
 def timed(fn: Callable[[int], Any], reps: int, dev: torch.device, min_s: float = 0.0, calls: int = 1) -> float:
-    """Median over `reps` rounds of the mean seconds per call of `fn(i)`, each round calling it
-    (with i = 0, 1, 2, ...) until `min_s` has passed, or `calls` times (collectives: every rank
-    must make the same calls), after one warm-up call.
+    """The fastest of `reps` rounds, in mean seconds per call of `fn(i)`; each round calls it (with
+    i = 0, 1, 2, ...) until `min_s` has passed, or `calls` times (collectives: every rank must make
+    the same calls), after one warm-up call.
 
-    Rounds that last a while average over what a serving iteration also meets: other processes'
-    time slices on a shared CPU, and the rotation through weight copies (`fn(i)` picks copy i)
-    that keeps weights coming from memory rather than a warm cache, as they do in a whole model.
+    A round averages over many calls and over a rotation through weight copies (`fn(i)` picks copy
+    i), so weights come from memory rather than a warm cache, as they do in a whole model. Other
+    processes on a shared machine only ever add time, so the fastest round is the device's own
+    speed (`planner verify` keeps the best of its rounds too).
     """
     fn(0)
     _sync(dev)
@@ -68,7 +68,7 @@ def timed(fn: Callable[[int], Any], reps: int, dev: torch.device, min_s: float =
                 break
         _sync(dev)
         out.append((time.perf_counter() - t) / made)
-    return statistics.median(out)
+    return min(out)
 
 
 def copies(nbytes: float, sweep: Sweep) -> int:
@@ -183,17 +183,25 @@ def _collectives(job: Job, rank: int, world: int, dev: torch.device,
     return out, how
 
 
-def _overhead(job: Job, rank: int, world: int) -> list[tuple[int, int, int, int, float]]:
-    """Per-iteration logs of the runner serving OVERHEAD_MODEL, one replica per rank."""
+Log = list[tuple[int, int, int, int, float]]
+
+
+def _serving(job: Job, rank: int, world: int) -> tuple[Log, Log]:
+    """Per-iteration logs of the runner serving OVERHEAD_MODEL: one replica per rank (its overhead),
+    then tensor-parallel over every rank (its all-reduce as it runs inside a forward pass)."""
     spec = from_hf_config(OVERHEAD_MODEL, name="calibration-llama")
-    log: list[tuple[int, int, int, int, float]] = []
-    for clients in job.sweep.overhead_clients:
-        run = RunSpec(model=spec.model_dump(), layout={"dp": world}, isl=OVERHEAD_ISL, osl=OVERHEAD_OSL,
-                      concurrency=clients * world, requests=3, device=job.device)
-        server = Server(run, rank, world)
-        server.serve()
-        log += server.log[len(server.log) // 4:]  # past the staggered start
-    return log
+    logs: tuple[Log, Log] = ([], [])
+    runs = [(logs[0], {"dp": world}, world)]
+    if world > 1 and spec.num_kv_heads * spec.num_heads % world == 0 and spec.num_heads % world == 0:
+        runs.append((logs[1], {"tp": world}, 1))
+    for log, layout, per in runs:
+        for clients in job.sweep.overhead_clients:
+            run = RunSpec(model=spec.model_dump(), layout=layout, isl=OVERHEAD_ISL, osl=OVERHEAD_OSL,
+                          concurrency=clients * per, requests=3, device=job.device)
+            server = Server(run, rank, world)
+            server.serve()
+            log += server.log[len(server.log) // 4:]  # past the staggered start
+    return logs
 
 
 def measure_worker(rank: int, world: int, job: Job, progress: Callable[..., None]) -> dict[str, Any]:
@@ -213,7 +221,7 @@ def measure_worker(rank: int, world: int, job: Job, progress: Callable[..., None
         result.update(_kernels(job, world, dev, tick))
         result["collectives"], result["all_reduce_by"] = _collectives(job, rank, world, dev, tick) \
             if world > 1 else ([], "")
-    result["overhead"] = _overhead(job, rank, world)
+    result["overhead"], result["tp_serving"] = _serving(job, rank, world)
     tick("runner overhead")
     return result
 

@@ -2,7 +2,8 @@
 
 Each logged iteration's wall time minus what the freshly fitted kernels predict for its batch
 (zero engine overhead) is the runner's scheduling, embedding, sampling and launch cost; it is
-fitted as `iteration_overhead_ms + running x per_seq_overhead_us` (non-negative least squares).
+fitted as `iteration_overhead_ms + running x per_seq_overhead_us` (non-negative least squares on
+the lower quartile at each batch size, so another process's time slices do not count as overhead).
 On the local cluster the runner is the engine, so this tuning applies to every engine name there.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import nnls
 
-from costmodel.calibration.profile import EngineTuning, Profile
+from costmodel.calibration.profile import EngineTuning, FitError, Profile
 from costmodel.engines import ENGINES
 from costmodel.engines import engine as load_engine
 from costmodel.instance import Instance
@@ -21,6 +22,7 @@ from costmodel.ops import Batch
 from costmodel.precision import precision
 from hardware.specs import NodeGroup
 
+QUANTILE = 0.25
 
 def kernel_step_s(model: ModelSpec, group: NodeGroup, profile: Profile, log: np.ndarray, isl: int) -> np.ndarray:
     """Predicted seconds of each logged iteration (decode, prefill tokens, prompts, context sum, s)
@@ -40,8 +42,13 @@ def fit_overhead(model: ModelSpec, group: NodeGroup, profile: Profile, rows: lis
     log = np.asarray(rows, dtype=float)
     kernels = kernel_step_s(model, group, profile, log, isl)
     running = log[:, 0] + log[:, 2]
-    design = np.column_stack([np.ones_like(running), running])
-    (fixed, per_seq), _ = nnls(design, log[:, 4] - kernels)
+    resid = log[:, 4] - kernels
+    # per running count, a low quantile of the residual: other processes only ever add time
+    levels = np.unique(running)
+    low = np.array([np.quantile(resid[running == n], QUANTILE) for n in levels])
+    weight = np.sqrt([np.sum(running == n) for n in levels])
+    design = np.column_stack([np.ones_like(levels), levels]) * weight[:, None]
+    (fixed, per_seq), _ = nnls(design, low * weight)
     pred = kernels + fixed + per_seq * running
     err = float(np.median(np.abs(pred - log[:, 4]) / log[:, 4]) * 100.0)
     tuning = EngineTuning(
@@ -52,6 +59,37 @@ def fit_overhead(model: ModelSpec, group: NodeGroup, profile: Profile, rows: lis
                    "Its clients start staggered (no closed-loop waves) and it has no HTTP front end (no TTFT "
                    "overhead)."))
     return tuning, err
+
+
+def fit_runner_all_reduce(model: ModelSpec, group: NodeGroup, profile: Profile,
+                          rows: list[tuple[int, int, int, int, float]], isl: int, tp: int) -> tuple[Profile, float]:
+    """The all-reduce as the runner meets it inside a forward pass (ranks drift apart between calls,
+    and on a shared machine wait for each other), from iterations served tensor-parallel over `tp`
+    ranks: the part of their time the profile (overhead included) leaves unexplained, per collective,
+    is added to the all-reduce's fixed latency. Returns the profile and the median iteration error (%)."""
+    log = np.asarray(rows, dtype=float)
+    inst = Instance(model, Layout(tp=tp), precision("bf16"), group, profile, load_engine("vllm"))
+    dec, pre, prompts, ctx = (log[:, i] for i in range(4))
+    batch = Batch(decode_seqs=dec, decode_ctx=ctx / np.maximum(dec, 1.0), prefill_tokens=pre,
+                  prefill_span=np.full_like(pre, isl / 2), prefill_seqs=prompts)
+    pred = np.asarray(inst.step_s(batch), dtype=float)
+    running = dec + prompts
+    resid = log[:, 4] - pred
+    levels = np.unique(running)
+    # the median, not a low quantile: a synchronous step waits for whichever rank was held up, so
+    # the typical wait is part of what every tensor-parallel iteration costs
+    mid = np.array([np.median(resid[running == n]) for n in levels])
+    extra = max(0.0, float(np.average(mid, weights=[np.sum(running == n) for n in levels])))
+    calls = 2 * model.num_layers + 1  # two all-reduces per layer, and the sampler's gather
+    fit = profile.comm_fit("all_reduce")
+    tuned = fit.model_copy(update={"alpha_us": fit.alpha_us + extra / calls * 1e6})
+    err = float(np.median(np.abs(pred + extra - log[:, 4]) / log[:, 4]) * 100.0)
+    note = FitError(rows=len(log), train_mdape=err, leaveout_mdape=err,
+                    source=f"{len(log)} tensor-parallel iterations of the torch runner (tp={tp}): "
+                           f"+{extra / calls * 1e6:.0f} us per all-reduce over the kernel measurement (no held-out "
+                           "rows: the leave-out figure repeats the fit error)")
+    return profile.model_copy(update={"comm": {**profile.comm, "all_reduce": tuned},
+                                      "fit_error": {**profile.fit_error, "comm.all_reduce_in_runner": note}}), err
 
 
 def for_every_engine(profile: Profile, tuning: EngineTuning) -> Profile:

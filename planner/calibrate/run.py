@@ -35,7 +35,7 @@ from hardware.catalog import resolve
 from hardware.loading import write_atomic
 from hardware.specs import Cluster, Link, NodeGroup
 from planner.calibrate.measure import OVERHEAD_ISL, OVERHEAD_MODEL, Job, measure_worker, steps
-from planner.calibrate.overhead import fit_overhead, for_every_engine
+from planner.calibrate.overhead import fit_overhead, fit_runner_all_reduce, for_every_engine
 from planner.calibrate.sweep import Sweep, for_device
 from planner.verify.launch import launch
 
@@ -222,6 +222,9 @@ def calibrate(quick: bool = False, out: Path | None = None, devices: int | None 
     rows = [tuple(x) for r in results for x in r["overhead"]]
     tuning, err = fit_overhead(model, group, profile, rows, OVERHEAD_ISL)
     profile = for_every_engine(profile, tuning)
+    tp_rows = [tuple(x) for r in results for x in r["tp_serving"]]
+    if tp_rows:
+        profile, _ = fit_runner_all_reduce(model, group, profile, tp_rows, OVERHEAD_ISL, world)
     target = out or local.profile_path()
     save_profile(profile, target)
     cpath = save_cluster(cluster, local.cluster_path())

@@ -25,7 +25,7 @@ from typing import Any
 
 from hardware.errors import PlannerInputError
 from hardware.loading import read_mapping, write_atomic
-from planner.verify.measured import Measured, median_of
+from planner.verify.measured import Measured, best_of
 from planner.verify.sizing import LocalRun, local_run
 
 METRICS = ("ttft_ms", "tpot_ms", "output_tok_s")
@@ -134,7 +134,7 @@ class Report:
             cells = [str(r.run.rank), r.run.label, str(r.devices)]
             for k in METRICS:
                 cells += [_f(r.run.predicted[k]), _f(getattr(m, k)), _f(r.error(k), 1)]
-            note = m.error or "; ".join([*r.run.notes, *(f"{v} {k}" for k, v in m.failures.items())])
+            note = m.error or "; ".join([*r.run.notes, *m.notes, *(f"{v} {k}" for k, v in m.failures.items())])
             cells += [_f(r.measured_score, 2), note]
             lines.append("| " + " | ".join(cells) + " |")
         med = {k: _f(self.median_error(k), 1) for k in METRICS}
@@ -197,8 +197,8 @@ def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints
            repeats: int = 1) -> Report:
     """Run the `top` best plans of `plans_dir` with `runner` and compare them with their predictions.
 
-    With `repeats` > 1 the plans run in interleaved rounds (1, 2, 3, 1, 2, 3, ...) and each metric is
-    the median over its rounds, so a burst of load from other processes cannot decide the order."""
+    With `repeats` > 1 the plans run in interleaved rounds (1, 2, 3, 1, 2, 3, ...) and each keeps its
+    best round, so a burst of load from other processes cannot decide the order."""
     if top < 1:
         raise PlannerInputError(f"--top {top} must be at least 1")
     if repeats < 1:
@@ -244,7 +244,7 @@ def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints
             if progress is not None:
                 progress(f"running #{run.rank} {run.label} (round {k + 1} of {repeats})", k * len(runs) + i, total)
             rounds[run.rank].append(measure(run))
-    rows = [Row(run, median_of(rounds[run.rank]), run.layout.total_devices) for run in runs]
+    rows = [Row(run, best_of(rounds[run.rank]), run.layout.total_devices) for run in runs]
     if runner == "torch":
         notes += [n for run in runs if (n := pipeline_note(run, {p["rank"]: p for p in plans}[run.rank]))]
     if progress is not None:

@@ -42,4 +42,4 @@ def run_torch(run: LocalRun, requests: int = 4, time_limit_s: float = 120.0, see
     except RunError as exc:
         return failed(str(exc))
     reqs = [Timed(r["rid"] // CLIENT_KEY, r["submit"], tuple(r["tokens"])) for o in out for r in o["requests"]]
-    return summarize(reqs, closed_loop=run.workload.concurrency is not None, notes=run.notes)
+    return summarize(reqs, closed_loop=run.workload.concurrency is not None)
