@@ -462,8 +462,9 @@ def _add_measured(sub: Any) -> None:
     v.add_argument("--requests", type=_positive_int, help="requests per client (torch, default 4) or in all "
                                                           "(endpoint, default 64)")
     v.add_argument("--time-limit-s", type=_positive_float, default=120.0, help="limit per plan and round")
-    v.add_argument("--repeats", type=_positive_int, default=1,
-                   help="interleaved rounds per plan, each keeping its best (steadier on a shared machine)")
+    v.add_argument("--repeats", type=_positive_int,
+                   help="interleaved rounds per plan, each keeping its best (steadier on a shared machine; default 3 "
+                        "for the torch runner, 1 for endpoints)")
     v.add_argument("--layers", type=_positive_int, help="torch runner: layers of the model copy (default: sized to "
                                                         "this machine for plans made for another cluster)")
     v.add_argument("--out", help="folder for verify.json, verify.md and runs.csv (default: plans_dir)")
@@ -554,7 +555,7 @@ def cmd_verify(a: argparse.Namespace, out: Console) -> int:
     endpoints = [u.strip() for e in a.endpoint for u in e.split(",") if u.strip()]
     with _stage_bar(not a.json) as tick:
         rep = verify(a.plans_dir, a.top, a.runner, endpoints, a.served_model, a.requests, a.time_limit_s, a.layers,
-                     progress=tick, repeats=a.repeats)
+                     progress=tick, repeats=a.repeats or (3 if a.runner == "torch" else 1))
     written = rep.save(Path(a.out or a.plans_dir))
     if a.json:
         print(json.dumps(rep.as_dict(), indent=2))

@@ -115,7 +115,7 @@ def test_plan_then_verify_on_this_machine(torch, home: Path, capsys: pytest.Capt
     assert main(["plan", "--model", "tiny-llama", "--cluster", "local", "--isl", "16", "--osl", "6",
                  "--concurrency", "4", "--out", str(plans), "--json"]) == 0
     capsys.readouterr()
-    assert main(["verify", str(plans), "--top", "3", "--requests", "2", "--json"]) == 0
+    assert main(["verify", str(plans), "--top", "3", "--requests", "2", "--repeats", "1", "--json"]) == 0
     capsys.readouterr()
     rep = json.loads((plans / "verify.json").read_text())
     assert {p["label"].split(" ")[0] for p in rep["plans"]} == {"tp1", "tp2", "tp1-pp2"}  # DP, TP, PP over 2
@@ -143,7 +143,8 @@ def test_a_plan_for_another_cluster_runs_as_a_scaled_copy(torch, home: Path) -> 
     from planner.api import plan
 
     plan("tiny-llama", "dgx-h100", workload={"isl": 16, "osl": 4, "concurrency": 2}).save(home / "p")
-    assert main(["verify", str(home / "p"), "--top", "1", "--layers", "2", "--requests", "2", "--json"]) == 0
+    assert main(["verify", str(home / "p"), "--top", "1", "--layers", "2", "--requests", "2", "--repeats", "1",
+                 "--json"]) == 0
     row = json.loads((home / "p" / "verify.json").read_text())["plans"][0]
     assert not row["as_planned"] and row["measured"]["tpot_ms"] > 0 and row["devices"] <= 2
     assert any("scaled copy: 2 layers" in n for n in row["notes"])

@@ -182,9 +182,6 @@ def load_plans(plans_dir: str | Path) -> dict[str, Any]:
     data = read_mapping(path)
     if not data.get("plans"):
         raise PlannerInputError(f"{path}: it holds no feasible plan to verify; re-plan with looser objectives")
-    if any("layout" not in p for p in data["plans"]):
-        raise PlannerInputError(f"{path}: plans without a single-instance layout (disaggregated pools) cannot be "
-                                "verified yet; plan with the default aggregated mode")
     return data
 
 
@@ -205,6 +202,10 @@ def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints
         raise PlannerInputError(f"--repeats {repeats} must be at least 1")
     data = load_plans(plans_dir)
     request, plans = data["request"], data["plans"][:top]
+    pools = [p["rank"] for p in plans if p.get("mode", "agg") != "agg"]
+    if pools:
+        raise PlannerInputError(f"plan #{pools[0]} is disaggregated (prefill and decode pools), which cannot be "
+                                f"verified yet; verify fewer plans (--top {pools[0] - 1}) or plan with --modes agg")
     started = time.monotonic()
     notes: list[str] = []
     if runner == "torch":
@@ -221,12 +222,12 @@ def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints
             raise PlannerInputError(f"--runner endpoint needs one --endpoint URL per verified plan ({len(plans)}), "
                                     f"in rank order; got {len(endpoints)}")
         from costmodel.workload import SLO, Workload
-        from planner.verify.sizing import plan_model
+        from planner.verify.sizing import plan_layout, plan_model
 
         spec = plan_model(request)
         model = served_model or spec.hf_id or request["model"]
         eps = {p["rank"]: Endpoint(u, model) for p, u in zip(plans, endpoints, strict=False)}
-        runs = [LocalRun(rank=p["rank"], label=p["label"], spec=spec, layout=_layout(p),
+        runs = [LocalRun(rank=p["rank"], label=p["label"], spec=spec, layout=plan_layout(p),
                          workload=Workload(**request["workload"]), slo=SLO(**request.get("slo", {})),
                          precision=request.get("precision", "bf16").partition("+kv-")[0],
                          engine=request.get("engine", "vllm"),
@@ -294,9 +295,3 @@ def pipeline_note(run: LocalRun, plan: dict[str, Any]) -> str:
     return (f"#{run.rank} {run.label}: the stages are unbalanced (the LM head sits on the last one): pp x the "
             f"slowest stage gives a TPOT of {bound:.1f} ms where one balanced pass gives {planned:.1f} ms; the "
             "cost model's pipeline step (costmodel/instance.py step_s) should take the larger")
-
-
-def _layout(plan: dict[str, Any]) -> Any:
-    from costmodel.layout import Layout
-
-    return Layout(**plan["layout"])

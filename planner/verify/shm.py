@@ -45,20 +45,29 @@ class ShmGroup:
         self.buf = torch.from_file(str(path), shared=True, size=size, dtype=torch.uint8)
         self.flags = np.frombuffer(self.buf.numpy(), dtype=np.int64, count=self.header * self.n // 8)
         self.seq = 0
+        self._views: dict[tuple[int, torch.dtype, tuple[int, ...]], list[list[torch.Tensor]]] = {}
         dist.barrier(group=group)
         if self.me == 0:
             os.unlink(path)  # the mappings stay; nothing is left behind
 
-    def _slot(self, parity: int, r: int, nbytes: int) -> torch.Tensor:
-        start = self.header * self.n + (parity * self.n + r) * MAX_BYTES
-        return self.buf[start:start + nbytes]
+    def _slots(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Typed views [parity][rank] of the slots for tensors like `x` (made once: a torch view costs
+        microseconds, which adds up over the all-reduces of every layer)."""
+        key = (x.numel(), x.dtype, tuple(x.shape))
+        views = self._views.get(key)
+        if views is None:
+            nbytes = x.numel() * x.element_size()
+            start = self.header * self.n
+            views = [[self.buf[start + (p * self.n + r) * MAX_BYTES:][:nbytes].view(x.dtype).view(x.shape)
+                      for r in range(self.n)] for p in range(2)]
+            self._views[key] = views
+        return views
 
     def _exchange(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's `x` (same shape and dtype on all ranks), read from shared memory."""
         self.seq += 1
-        parity, nbytes = self.seq % 2, x.numel() * x.element_size()
-        mine = self._slot(parity, self.me, nbytes)
-        mine.copy_(x.contiguous().view(-1).view(torch.uint8))
+        views = self._slots(x)[self.seq % 2]
+        views[self.me].copy_(x)
         self.flags[self.me * 8] = self.seq  # published after the data (x86 store order)
         others = [r * 8 for r in range(self.n)]
         spins = 0
@@ -66,7 +75,7 @@ class ShmGroup:
             spins += 1
             if spins % SPINS_BEFORE_YIELD == 0:
                 time.sleep(0)  # let a descheduled peer run on a shared core
-        return [self._slot(parity, r, nbytes).view(x.dtype).view(x.shape) for r in range(self.n)]
+        return views
 
     def fits(self, x: torch.Tensor) -> bool:
         return x.numel() * x.element_size() <= MAX_BYTES

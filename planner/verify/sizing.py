@@ -46,6 +46,11 @@ class LocalRun:
     notes: tuple[str, ...] = ()
 
 
+def plan_layout(plan: dict[str, Any]) -> Layout:
+    """A plans.json entry's instance layout with its replica count as dp."""
+    return Layout(**{**plan["layout"], "dp": max(int(plan.get("replicas") or 1), 1)})
+
+
 def plan_model(request: dict[str, Any]) -> ModelSpec:
     if "model_spec" in request:
         return ModelSpec.model_validate(request["model_spec"])
@@ -115,7 +120,7 @@ def local_run(request: dict[str, Any], plan: dict[str, Any], layers: int | None 
 
     spec = plan_model(request)
     supported(spec)
-    lay = Layout(**plan["layout"])
+    lay = plan_layout(plan)
     check_runnable(lay)
     wl = Workload(**request["workload"])
     slo = SLO(**request.get("slo", {}))
