@@ -2,14 +2,19 @@
 
 An iteration runs every layer once for the batch: per-op roofline times, the TP/EP collectives
 on the tier the group spans, PP point-to-point sends, the LM head, and the engine's per-step
-overhead. With `pp` stages the batch is split into `pp` micro-batches that keep every stage busy,
-so one token of one sequence takes the full pipeline latency at batch/pp.
+overhead. With `pp` stages the batch is split into `pp` micro-batches that keep every stage busy
+(vLLM's virtual engines), so a sequence advances once per round of all `pp` micro-batches. That
+round takes the longer of one micro-batch's pass through every stage (its latency, sends
+included) and `pp` times the slowest stage at batch/pp (each stage serves all `pp` micro-batches
+per round). Stages are unequal: layers split as vLLM splits them (`stage_layers`), the first stage
+also pays the scheduler's per-step overhead, and the last also runs the LM head, which for a small
+model with a large vocabulary makes it the slowest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, reduce
 
 import numpy as np
 
@@ -128,8 +133,13 @@ class Instance:
             if lay.moe_tp > 1:
                 out["moe_tp_allreduce"] = comm.all_reduce_s(tokens_dev * act, lay.moe_tp, self.ep_link,
                                                                 self._fit("all_reduce", self.ep_link))
+        elif lay.attention_dp == 1 and lay.tp > 1:
+            # MoE-TP on tensor-parallel attention: every rank already holds every token, so the
+            # expert slices' partial sums meet in one all-reduce, as a dense MLP's do
+            out["moe_tp_allreduce"] = comm.all_reduce_s(tokens_dev * act, lay.tp, self.tp_link,
+                                                        self._fit("all_reduce", self.tp_link))
         elif group > 1:
-            # pure MoE-TP over the whole group: gather every rank's tokens, reduce-scatter back
+            # MoE-TP over attention-DP ranks: gather every rank's tokens, reduce-scatter back
             fit = self._fit("all_gather", self.ep_link)
             out["moe_allgather"] = comm.all_gather_s(tokens_dev * act, group, self.ep_link, fit)
             out["moe_reducescatter"] = comm.all_gather_s(tokens_dev * act, group, self.ep_link, fit)
@@ -148,20 +158,17 @@ class Instance:
         running = (b.decode_seqs + b.prefill_seqs) / adp
         return eng.iteration_overhead_ms * 1e-3 + running * eng.per_seq_overhead_us * 1e-6 + per_kernel * kernels
 
-    # ---- public --------------------------------------------------------------------------
-    def breakdown(self, b: Batch) -> dict[str, Num]:
-        """Seconds per component for one full forward pass of batch `b` (all stages)."""
-        prec = self.prec
+    def _layers(self, b: Batch) -> dict[bool, tuple[dict[str, Num], int]]:
+        """Per layer kind (dense False, MoE True) present in the model: seconds per component of one
+        layer for batch `b`, and the kernels one layer launches."""
         m = self.model
-        out: dict[str, Num] = {}
-        kernels = 0
         mb = self.micro_batches
         part = moe.micro_batch(b, mb) if mb > 1 else b
+        out: dict[bool, tuple[dict[str, Num], int]] = {}
         for moe_layer, count in ((False, m.dense_layers), (True, m.moe_layers)):
             if not count:
                 continue
             ops = self._ops(part, moe_layer)
-            kernels += count * len(ops) * mb
             times: dict[str, Num] = {}
             for op in ops:
                 times[op.name] = times.get(op.name, 0.0) + mb * self._op_s(op)
@@ -170,23 +177,70 @@ class Instance:
             comms = {name: mb * t for name, t in per_part.items()}
             if mb > 1:
                 comms = moe.exposed_comm(sum(times.values()), comms, mb)
+            layer: dict[str, Num] = {}
             for name, t in (*times.items(), *comms.items()):
-                out[name] = out.get(name, 0.0) + count * t
-        out["lm_head"] = self._op_s(lm_head_op(m, self.layout, prec, b))
+                layer[name] = layer.get(name, 0.0) + t
+            out[moe_layer] = (layer, len(ops) * mb)
+        return out
+
+    def _send_s(self, b: Batch) -> Num:
+        """One stage-to-stage send of batch `b`'s activations."""
+        m, prec = self.model, self.prec
+        return comm.send_recv_s(b.tokens / self.layout.attention_dp * prec.act_bytes * m.hidden_size,
+                                self.pp_link, self._fit("send_recv", self.pp_link))
+
+    # ---- public --------------------------------------------------------------------------
+    def breakdown(self, b: Batch) -> dict[str, Num]:
+        """Seconds per component for one full forward pass of batch `b` (all stages)."""
+        m = self.model
+        layers = self._layers(b)
+        counts = {False: m.dense_layers, True: m.moe_layers}
+        out: dict[str, Num] = {}
+        kernels = 0
+        for kind, (layer, launched) in layers.items():
+            kernels += counts[kind] * launched
+            for name, t in layer.items():
+                out[name] = out.get(name, 0.0) + counts[kind] * t
+        out["lm_head"] = self._op_s(lm_head_op(m, self.layout, self.prec, b))
         if self.layout.pp > 1:
-            sends = comm.send_recv_s(b.tokens / self.layout.attention_dp * prec.act_bytes * m.hidden_size,
-                                     self.pp_link, self._fit("send_recv", self.pp_link))
-            out["pp_send"] = (self.layout.pp - 1) * sends
+            out["pp_send"] = (self.layout.pp - 1) * self._send_s(b)
         out["engine_overhead"] = self._overhead_s(b, kernels)
         return out
 
+    def stages_s(self, b: Batch) -> list[Num]:
+        """Busy seconds of each pipeline stage for one pass of batch `b`, sends left out (they cross
+        the link between stages): its layers (`stage_layers`; a MoE model's leading dense layers
+        first), plus the scheduler's per-step overhead on the first stage and the LM head on the last.
+        They sum to `breakdown(b)` less the sends."""
+        m = self.model
+        layers = self._layers(b)
+        sched = self._overhead_s(b, 0)  # the scheduler's share: once per step, where the batch enters
+        out: list[Num] = []
+        start = 0
+        for i, n in enumerate(stage_layers(m.num_layers, self.layout.pp)):
+            dense = max(0, min(start + n, m.dense_layers) - start)
+            t: Num = sched if i == 0 else 0.0
+            for kind, count in ((False, dense), (True, n - dense)):
+                if count:
+                    layer, launched = layers[kind]
+                    t = t + count * sum(layer.values())
+                    t = t + self._overhead_s(b, count * launched) - sched  # this stage's own launches
+            out.append(t)
+            start += n
+        out[-1] = out[-1] + self._op_s(lm_head_op(m, self.layout, self.prec, b))
+        return out
+
     def step_s(self, b: Batch) -> Num:
-        """Wall time of one iteration for batch `b` (with pp>1: one micro-batch of b/pp per stage,
-        the pipeline full, so a sequence advances once per full-model pass at b/pp)."""
+        """Wall time of one iteration for batch `b`. With pp>1: one round of the `pp` micro-batches of
+        b/pp, in which every sequence advances once - the longer of one micro-batch's pass through all
+        stages and `pp` times the slowest stage (see the module doc)."""
         pp = self.layout.pp
-        if pp > 1:
-            b = Batch(b.decode_seqs / pp, b.decode_ctx, b.prefill_tokens / pp, b.prefill_span, b.prefill_seqs / pp)
-        return sum(self.breakdown(b).values())
+        if pp == 1:
+            return sum(self.breakdown(b).values())
+        mb = Batch(b.decode_seqs / pp, b.decode_ctx, b.prefill_tokens / pp, b.prefill_span, b.prefill_seqs / pp)
+        stages = self.stages_s(mb)
+        full = sum(stages) + (pp - 1) * self._send_s(mb)
+        return np.maximum(full, pp * reduce(np.maximum, stages))
 
     def prefill_s(self, isl: int, seqs: float = 1.0) -> Num:
         """Latency of prefilling `seqs` whole prompts of `isl` tokens together, through every stage."""
@@ -195,3 +249,14 @@ class Instance:
 
     def decode_s(self, seqs: Num, ctx: Num) -> Num:
         return self.step_s(Batch(decode_seqs=seqs, decode_ctx=ctx))
+
+
+def stage_layers(num_layers: int, pp: int) -> list[int]:
+    """Decoder layers of each of `pp` pipeline stages, as vLLM splits them (get_pp_indices in
+    vllm/distributed/utils.py): an even share each, and the remainder one apiece to the stages before
+    the last, from the second-to-last backwards, because the last also runs the LM head."""
+    base, extra = divmod(num_layers, pp)
+    out = [base] * pp
+    for i in range(2, extra + 2):
+        out[-i] += 1
+    return out

@@ -7,6 +7,7 @@ Parameter counts are derived here so tests can hold them against published figur
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
@@ -83,6 +84,13 @@ class ModelSpec(_Spec):
         if self.moe and self.moe.first_dense_layers > self.num_layers:
             raise ValueError("first_dense_layers exceeds num_layers")
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> ModelSpec:
+        """A copy with `update` applied, re-validated: pydantic's copy would carry over the cached
+        parameter counts (`cached_property` values live in the instance dict) and skip the checks."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return type(self).model_validate({**self.model_dump(), **update})
 
     # ---- layer counts ------------------------------------------------------------------
     @property

@@ -49,12 +49,23 @@ class Op:
     m: Num = 1.0  # parallel extent for the shape-dependent efficiency (see RooflineFit)
     k: Num = 0.0  # reduction depth (GEMMs), 0 = not applicable
     family: str = ""  # a kernel family with its own fitted scale (MLA attention), "" = none
+    # Expected launches per iteration (<= 1): a prompt-only kernel runs only in the iterations that
+    # carry a prompt chunk, so in a mean-field batch with a fraction of a prompt per step its fixed
+    # latency is paid that fraction of the time (its FLOPs and bytes are already averaged).
+    calls: Num = 1.0
 
 
-def _gemm(name: str, m: Num, n: float, k: float, prec: Precision, kind: str = "gemm") -> Op:
+def _gemm(name: str, m: Num, n: float, k: float, prec: Precision, calls: Num = 1.0) -> Op:
     """y[m,n] = x[m,k] @ W[k,n]: weights in the weight dtype, activations 16-bit."""
     weights = np.where(np.asarray(m) > 0, n * k * prec.weight_bytes, 0.0)
-    return Op(name, kind, 2.0 * m * n * k, weights + m * (n + k) * prec.act_bytes, m * n, k)
+    return Op(name, "gemm", 2.0 * m * n * k, weights + m * (n + k) * prec.act_bytes, m * n, k, calls=calls)
+
+
+def prompt_calls(b: Batch, ranks: int = 1) -> Num:
+    """Share of iterations that run prompt-only kernels on one of `ranks` attention-DP ranks:
+    the prompts per step (a batch built without a prompt count is taken to carry a whole one)."""
+    seqs = np.asarray(b.prefill_seqs, dtype=float) / ranks
+    return np.where(seqs > 0, np.minimum(seqs, 1.0), 1.0)
 
 
 def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> list[Op]:
@@ -78,11 +89,11 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
         # Prefill expands the latent to per-head K/V; decode absorbs W_kv_b into Q and O
         # (DeepSeek-V2 paper, sec. 2.1.3), attending over the latent directly.
         ops.append(_gemm("kv_b_proj", pre, heads * (m.qk_nope_head_dim + m.v_head_dim),
-                         m.kv_lora_rank, prec))
+                         m.kv_lora_rank, prec, calls=prompt_calls(b, adp)))
         ops.append(Op("attn_prefill", "attn_prefill",
                       2.0 * pre * b.prefill_span * heads * (qk + m.v_head_dim),
                       pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes, 2.0 * b.prefill_span,
-                      family="mla_prefill"))
+                      family="mla_prefill", calls=prompt_calls(b, adp)))
         ops.append(_gemm("q_absorb", dec, heads * m.kv_lora_rank, m.qk_nope_head_dim, prec))
         ops.append(Op("attn_decode", "attn_decode",
                       2.0 * dec * b.decode_ctx * heads * (latent + m.kv_lora_rank),
@@ -101,7 +112,7 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
     return [
         _gemm("qkv_proj", tokens, (heads + 2 * kv_heads) * d, h, prec),
         Op("attn_prefill", "attn_prefill", 4.0 * pre * span * heads * d,
-           pre * (heads + 2 * kv_heads) * d * prec.act_bytes * 2, 2.0 * span),
+           pre * (heads + 2 * kv_heads) * d * prec.act_bytes * 2, 2.0 * span, calls=prompt_calls(b, adp)),
         Op("attn_decode", "attn_decode", 4.0 * dec * dec_ctx * heads * d,
            dec * dec_ctx * 2 * kv_heads * d * kv_b),
         _gemm("o_proj", tokens, h, heads * d, prec),
@@ -189,9 +200,11 @@ def op_time_s(op: Op, acc: Accelerator, prec: Precision, prof: Profile) -> Num:
         peak = acc.flops("bf16")
     compute = op.flops / (peak * fit.compute(op.m, op.k)) * prof.compute_scale
     memory = op.bytes / (acc.hbm_gbps * 1e9 * fit.memory(op.bytes)) * prof.memory_scale
-    active = np.asarray(op.flops + op.bytes) > 0
-    t = np.maximum(compute, memory) + np.where(active, fit.t0_us * 1e-6 * prof.fixed_scale, 0.0)
+    active = np.where(np.asarray(op.flops + op.bytes) > 0, op.calls, 0.0)
+    t = np.maximum(compute, memory) + active * fit.t0_us * 1e-6 * prof.fixed_scale
     if op.family:
-        extra = np.where(active, prof.family_t0_us.get(op.family, 0.0) * 1e-6, 0.0)
+        extra = active * prof.family_t0_us.get(op.family, 0.0) * 1e-6
         t = t * prof.family_scale.get(op.family, 1.0) + extra
-    return t * prof.moe_scale if op.kind == "moe" else t
+    if op.kind == "moe":
+        return t * prof.moe_scale
+    return t * prof.attention_scale if op.kind in ("attn_prefill", "attn_decode") else t

@@ -61,12 +61,12 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, workload_required: bool = True) -> None:
     p.add_argument("--model", required=True, help="catalog name, HF id, or path to a HF config.json")
     p.add_argument("--cluster", required=True, help="catalog name (optionally xN, e.g. dgx-h100x4) or YAML path")
-    p.add_argument("--isl", type=_positive_int, required=True, help="input tokens per request")
-    p.add_argument("--osl", type=_positive_int, required=True, help="output tokens per request")
-    load = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--isl", type=_positive_int, required=workload_required, help="input tokens per request")
+    p.add_argument("--osl", type=_positive_int, required=workload_required, help="output tokens per request")
+    load = p.add_mutually_exclusive_group(required=workload_required)
     load.add_argument("--concurrency", type=_positive_int, help="closed-loop clients")
     load.add_argument("--rate", type=_positive_float, help="open-loop arrivals per second")
     p.add_argument("--precision", default="bf16", choices=PRECISIONS, help="weights and GEMM precision")
@@ -83,6 +83,28 @@ def _workload(a: argparse.Namespace) -> dict[str, Any]:
     return wl
 
 
+# `planner plan` without workload flags: a short closed-loop demo load, small enough that a tiny model's
+# top plans verify on a 2-core CPU in about a minute and a half (five interleaved rounds each)
+PLAN_WORKLOAD = {"isl": 64, "osl": 64, "concurrency": 8}
+
+
+def _fill_workload(a: argparse.Namespace) -> str:
+    """With no workload flag at all, PLAN_WORKLOAD, and one line saying so; with some, the rest are required."""
+    defaults = " ".join(f"--{k} {v}" for k, v in PLAN_WORKLOAD.items())
+    if all(getattr(a, k) is None for k in ("isl", "osl", "concurrency", "rate")):
+        for k, v in PLAN_WORKLOAD.items():
+            setattr(a, k, v)
+        return f"no workload flags given: using the defaults {defaults}"
+    missing = [f"--{k}" for k in ("isl", "osl") if getattr(a, k) is None]
+    if missing:
+        raise PlannerInputError(f"the following arguments are required: {', '.join(missing)}; give them, or no "
+                                f"workload flag at all for the defaults ({defaults})")
+    if a.concurrency is None and a.rate is None:
+        raise PlannerInputError(f"one of the arguments --concurrency --rate is required; give one, or no workload "
+                                f"flag at all for the defaults ({defaults})")
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="planner", description="Find the best way to serve an LLM on a cluster.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -90,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     for k in ("tp", "pp", "dp", "ep", "attention-dp", "sp"):
         e.add_argument(f"--{k}", type=_positive_int, default=1, help=f"{k} degree")
-    p = sub.add_parser("plan", help="search every layout and rank them")
-    _common(p)
+    p = sub.add_parser("plan", help="search every layout and rank them (no workload flags: "
+                                    + " ".join(f"--{k} {v}" for k, v in PLAN_WORKLOAD.items()) + ")")
+    _common(p, workload_required=False)
     p.add_argument("--ttft-ms", type=_positive_float, help="mean TTFT objective")
     p.add_argument("--tpot-ms", type=_positive_float, help="mean TPOT objective")
     p.add_argument("--budget-s", type=_positive_float, default=60.0, help="search time budget")
@@ -211,6 +234,8 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
     targets = parse_targets(a.emit) if a.emit else []
     if targets and not a.out:
         raise PlannerInputError("--emit writes deployment files under --out; give --out FOLDER")
+    if defaults := _fill_workload(a):
+        Console(stderr=True).print(defaults, style="dim")  # stderr: --json output stays one document
     try:
         with _progress(not a.json) as tick:
             r = plan(a.model, a.cluster, slo=slo, workload=_workload(a), precision=a.precision, engine=a.engine,
@@ -438,6 +463,7 @@ COMMANDS["simulate"] = cmd_simulate
 
 
 # ---- calibrate and verify: measured runs on real devices (torch: the [verify] extra) -------------
+TORCH_REPEATS = 5  # interleaved rounds per plan: the median of five rides out a noisy round or two
 def _add_measured(sub: Any) -> None:
     c = sub.add_parser("calibrate", help="measure this machine (kernels, memory, collectives) and fit its profile; "
                                          "or fit engine constants to your own runs (--from-runs)")
@@ -463,8 +489,8 @@ def _add_measured(sub: Any) -> None:
                                                           "(endpoint, default 64)")
     v.add_argument("--time-limit-s", type=_positive_float, default=120.0, help="limit per plan and round")
     v.add_argument("--repeats", type=_positive_int,
-                   help="interleaved rounds per plan, each keeping its best (steadier on a shared machine; default 3 "
-                        "for the torch runner, 1 for endpoints)")
+                   help="interleaved rounds per plan, each keeping its median round (steadier on a shared machine; "
+                        f"default {TORCH_REPEATS} for the torch runner, 1 for endpoints)")
     v.add_argument("--layers", type=_positive_int, help="torch runner: layers of the model copy (default: sized to "
                                                         "this machine for plans made for another cluster)")
     v.add_argument("--out", help="folder for verify.json, verify.md and runs.csv (default: plans_dir)")
@@ -555,7 +581,7 @@ def cmd_verify(a: argparse.Namespace, out: Console) -> int:
     endpoints = [u.strip() for e in a.endpoint for u in e.split(",") if u.strip()]
     with _stage_bar(not a.json) as tick:
         rep = verify(a.plans_dir, a.top, a.runner, endpoints, a.served_model, a.requests, a.time_limit_s, a.layers,
-                     progress=tick, repeats=a.repeats or (3 if a.runner == "torch" else 1))
+                     progress=tick, repeats=a.repeats or (TORCH_REPEATS if a.runner == "torch" else 1))
     written = rep.save(Path(a.out or a.plans_dir))
     if a.json:
         print(json.dumps(rep.as_dict(), indent=2))
@@ -575,7 +601,9 @@ def cmd_verify(a: argparse.Namespace, out: Console) -> int:
     out.print(f"median error: TTFT {_fmt(rep.median_error('ttft_ms'))}%, TPOT {_fmt(rep.median_error('tpot_ms'))}%, "
               f"throughput {_fmt(rep.median_error('output_tok_s'))}%; predicted order "
               f"{[r.run.rank for r in rep.rows]}, measured {rep.measured_order}: "
-              f"{'held' if rep.order_held else 'did not hold'} (Kendall tau {_fmt(rep.tau, 2)})")
+              f"{rep.verdict()} (Kendall tau {_fmt(rep.tau, 2)})")
+    for pair in rep.pairs:
+        out.print(f"  {pair.describe()}")
     for path in written.values():
         out.print(f"wrote {path}", style="dim")
     return 0

@@ -74,3 +74,84 @@ def test_from_runs_rejects_a_file_without_the_silicon_columns(tmp_path: Path,
     code = main(["calibrate", "--from-runs", str(bad)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "column 'model_path' is missing" in err[0]
+
+
+# ---- fitting the runner from its own iterations (synthetic logs made by the cost model itself) ---------
+def _runs(group, profile, tuning, layout=None):
+    """Iteration logs (decode, prefill tokens, prompts, context sum, seconds) of the serving models at several
+    batches and both prompt lengths, timed by the cost model with `tuning` as the engine."""
+    import numpy as np
+
+    from costmodel.layout import Layout
+    from planner.calibrate.measure import serving_models
+    from planner.calibrate.overhead import step_s
+
+    out = []
+    for m in serving_models():
+        for isl in (32, 96):
+            for b in (1, 16):
+                dec = np.full(8, float(b))
+                log = np.column_stack([dec, np.zeros(8), np.zeros(8), dec * (isl + 12), np.zeros(8)])
+                log[:, 4] = step_s(m, layout or Layout(), group, profile, log, isl, tuning)
+                out.append((m, isl, [tuple(r) for r in log]))
+    return out
+
+
+def test_fit_runner_recovers_the_runner_tuning_that_timed_its_iterations() -> None:
+    from costmodel.calibration.profile import EngineTuning
+    from planner.calibrate.overhead import error_band, fit_runner
+
+    group = cluster("dgx-h100").groups[0]
+    base = profile_for("h100-sxm").model_copy(update={"engines": {}})
+    truth = EngineTuning(attention_scale=1.6, fixed_scale=3.0, iteration_overhead_ms=0.8, per_seq_overhead_us=120.0)
+    fit = fit_runner(_runs(group, base, truth), group, base)
+    t = fit.tuning
+    assert t.attention_scale == pytest.approx(1.6, rel=0.05) and t.fixed_scale == pytest.approx(3.0, rel=0.05)
+    assert t.iteration_overhead_ms == pytest.approx(0.8, rel=0.05)
+    assert t.per_seq_overhead_us == pytest.approx(120, rel=0.05)
+    assert t.compute_scale == t.memory_scale == 1.0  # held: see planner.calibrate.overhead
+    assert fit.error_pct < 1.0 and all(r == pytest.approx(1.0, abs=0.01) for r in fit.ratios)
+    assert error_band([0.8, 0.9, 1.0, 1.1, 1.5])["tpot_ms"] == (pytest.approx(0.84), pytest.approx(1.34))
+
+
+def test_tensor_parallel_runs_give_the_all_reduce_wait_inside_a_pass() -> None:
+    from costmodel.calibration.profile import EngineTuning
+    from costmodel.layout import Layout
+    from planner.calibrate.overhead import fit_runner_all_reduce, for_every_engine
+
+    group = cluster("dgx-h100").groups[0]
+    tuning = EngineTuning(iteration_overhead_ms=0.5, per_seq_overhead_us=20.0)
+    base = for_every_engine(profile_for("h100-sxm").model_copy(update={"engines": {}}), tuning)
+    ar = base.comm_fit("all_reduce")
+    slower = base.model_copy(update={"comm": {**base.comm, "all_reduce": ar.model_copy(
+        update={"alpha_us": ar.alpha_us + 250.0})}})  # every all-reduce waits 250 us more than measured alone
+    runs = _runs(group, slower, tuning, Layout(tp=2))
+    fitted, ratios = fit_runner_all_reduce(runs, group, base, 2)
+    assert fitted.comm_fit("all_reduce").alpha_us - ar.alpha_us == pytest.approx(250.0, rel=0.01)
+    assert all(r == pytest.approx(1.0, abs=0.01) for r in ratios) and "comm.all_reduce_in_runner" in fitted.fit_error
+
+
+# ---- small kernel-fit cases that CPU calibration meets ------------------------------------------------
+def test_a_family_with_few_rows_still_gets_a_held_out_error() -> None:
+    import numpy as np
+
+    from costmodel.calibration.kernels import MIN_ROWS, Shapes, fit_family
+
+    rng = np.random.default_rng(0)
+    m = rng.uniform(1, 512, 18)
+    flops, nbytes = 2 * m * 1024 * 1024, 2.0 * 1024 * 1024 + m * 4096
+    seconds = np.maximum(flops / 50e9, nbytes / 10e9) * rng.uniform(0.95, 1.05, 18) + 20e-6
+    _, err = fit_family(Shapes(flops, nbytes, m * 1024, seconds), 80e9, 10e9)
+    assert err.rows < MIN_ROWS + 5 and np.isfinite(err.leaveout_mdape) and err.leaveout_mdape >= 0
+
+
+def test_a_slow_host_link_fits_inside_the_collective_bounds() -> None:
+    import numpy as np
+
+    from costmodel.calibration.kernels import fit_collective
+
+    size = np.array([2.0**p for p in range(10, 22)])
+    n = np.full_like(size, 2.0)
+    seconds = 2 * 400e-6 + size / 3e9 + 30e-6  # all-reduce over 2 ranks: 400 us per step, as loopback TCP
+    fit, err = fit_collective(size, n, seconds, "all_reduce", 3.0, 400.0)
+    assert fit.step_us == pytest.approx(400.0, rel=0.1) and err.train_mdape < 5.0

@@ -43,6 +43,21 @@ def test_gemm_fit_predicts_held_aside_rows_within_10_percent():
     assert _held_aside(gemm_shapes(df, "bf16"), acc, "bf16") < 10.0
 
 
+def test_fp8_gemm_fit_has_no_small_or_mid_shape_bias():
+    """FP8 GEMMs leave the efficiency ramp more gradually than 16-bit ones: with the ramp's exponent
+    fitted, held-aside rows stay within 15% and no band of m is off by more than 15% in median."""
+    acc = accelerator("h100-sxm")
+    df = pd.read_csv(H100 / "gemm.csv.gz")
+    df = df[df.gemm_dtype == "fp8"].sample(6000, random_state=0)
+    shapes = gemm_shapes(df, "fp8")
+    assert _held_aside(shapes, acc, "fp8") < 15.0
+    fit, _ = fit_family(shapes, acc.flops("fp8"), acc.hbm_gbps * 1e9)
+    ratio = roofline_s(fit, shapes, acc.flops("fp8"), acc.hbm_gbps * 1e9) / shapes.seconds
+    band = np.digitize(df.m.to_numpy(), [16, 64, 256, 1024, 4096])
+    for b in range(6):
+        assert abs(np.median(ratio[band == b]) - 1) < 0.15, b
+
+
 @pytest.mark.parametrize("name, shapes, dependent, tolerance", [
     ("context_attention", context_attention_shapes, True, 20.0),
     ("generation_attention", generation_attention_shapes, False, 30.0),
@@ -101,4 +116,4 @@ def test_end_to_end_error_on_measured_serving_rows(silicon_csv):
     rows = [r for r in load_rows(silicon_csv) if r.system in ("h100_sxm", "h200_sxm") and supported(r)]
     _, overall = errors(rows)
     assert overall.rows > 900
-    assert overall.tpot_mape < 20 and overall.ttft_mape < 40
+    assert overall.tpot_mape < 12 and overall.ttft_mape < 25  # measured 10.1% / 22.2% with the shipped profiles

@@ -113,3 +113,13 @@ def test_op_graph_flops_are_two_per_active_param_per_token(name):
     flops += 2 * m.hidden_size * m.vocab_size  # lm head
     weights = m.active_params - m.norm_params  # MLA decode absorbs W_kv_b: the same weights, once each
     assert flops == pytest.approx(2 * weights, rel=0.01)
+
+
+def test_model_copy_recomputes_cached_counts_and_checks_the_update():
+    spec = model("tiny-moe")
+    assert spec.total_params > 0  # caches the derived counts on this instance
+    fewer = spec.model_copy(update={"num_layers": 1, "moe": {**spec.moe.model_dump(), "first_dense_layers": 0}})
+    assert fewer.total_params == ModelSpec.model_validate(fewer.model_dump()).total_params < spec.total_params
+    assert fewer.active_params < spec.active_params and spec.model_copy() == spec
+    with pytest.raises(ValueError, match="multiple of"):
+        spec.model_copy(update={"num_kv_heads": 3})

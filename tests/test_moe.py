@@ -228,3 +228,16 @@ def test_estimate_takes_the_moe_options():
         estimate("deepseek-v3", "dgx-h100x2", micro_batches=0, **kw)
     with pytest.raises(PlannerInputError, match="redundant"):
         estimate("deepseek-v3", "dgx-h100x2", redundant_experts=3, **kw)
+
+
+def test_moe_tp_under_tensor_parallel_attention_is_one_all_reduce():
+    """With attention TP every rank holds every token: the expert slices' partial sums meet in one
+    all-reduce, costed like a dense MLP's; only attention-DP ranks gather and scatter tokens."""
+    b = Batch(decode_seqs=8.0, decode_ctx=2048.0)
+    tp = _inst("qwen3-235b-a22b", "dgx-h100", Layout(tp=8))
+    parts = tp.breakdown(b)
+    assert "moe_allgather" not in parts and "moe_reducescatter" not in parts
+    assert parts["moe_tp_allreduce"] == pytest.approx(parts["tp_allreduce_attn"])
+    adp = _inst("qwen3-235b-a22b", "dgx-h100", Layout(tp=1, attention_dp=8))
+    gathered = adp.breakdown(b)
+    assert gathered["moe_allgather"] > 0 and gathered["moe_reducescatter"] > 0

@@ -33,6 +33,8 @@ BYTES = {"bf16": 2.0, "fp8": 1.0, "fp8_block": 1.0, "int4": 0.5, "int8": 1.0, "f
 PEAK_DTYPE = {"bf16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "int4": "bf16", "int8": "int8", "fp4": "fp4"}
 FOLDS = 5
 MIN_ROWS = 20
+FIT_PARAMS = 7  # free parameters of a roofline family fit (see _from_vector)
+STEP_US_MAX = 1e5  # bound on a collective's fitted per-step latency (us)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ def _from_vector(x: np.ndarray, shape_dependent: bool, depth: bool) -> RooflineF
     # half-points are searched on a log10 scale: they span orders of magnitude
     return RooflineFit(compute_eff=float(x[0]), m_half=float(10 ** x[1]) if shape_dependent else 0.0,
                        mem_eff=float(x[2]), t0_us=float(x[3]), bytes_half=float(10 ** x[4]),
-                       k_half=float(10 ** x[5]) if depth else 0.0)
+                       k_half=float(10 ** x[5]) if depth else 0.0,
+                       m_power=float(x[6]) if shape_dependent else 1.0)
 
 
 def _solve(s: Shapes, peak: float, bw: float, shape_dependent: bool) -> RooflineFit:
@@ -64,8 +67,9 @@ def _solve(s: Shapes, peak: float, bw: float, shape_dependent: bool) -> Roofline
     def residual(x: np.ndarray) -> np.ndarray:
         return np.log(roofline_s(_from_vector(x, shape_dependent, depth), s, peak, bw) / s.seconds)
 
-    x0 = np.array([0.7, 3.0, 0.8, 5.0, 5.0, 1.0])
-    lo, hi = np.array([0.02, 0.0, 0.02, 0.0, 0.0, -3.0]), np.array([1.5, 12.0, 1.5, 500.0, 10.0, 5.0])
+    x0 = np.array([0.7, 3.0, 0.8, 5.0, 5.0, 1.0, 1.0])
+    lo = np.array([0.02, 0.0, 0.02, 0.0, 0.0, -3.0, 0.3])
+    hi = np.array([1.5, 12.0, 1.5, 500.0, 10.0, 5.0, 4.0])
     sol = least_squares(residual, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.1, max_nfev=400)
     return _from_vector(sol.x, shape_dependent, depth)
 
@@ -93,8 +97,18 @@ def fit_family(s: Shapes, peak: float, bw: float, shape_dependent: bool = True, 
         part = _solve(_subset(s, rest), peak, bw, shape_dependent)
         test_s = _subset(s, test)
         held.append(np.abs(roofline_s(part, test_s, peak, bw) - test_s.seconds) / test_s.seconds)
-    leave = float(np.median(np.concatenate(held)) * 100.0) if held else float("nan")
-    return fit, FitError(rows=len(s.seconds), train_mdape=train, leaveout_mdape=leave, source=source)
+    n = len(s.seconds)
+    if not held and n > FIT_PARAMS:  # too few rows for folds that leave MIN_ROWS to fit: leave one out at a time
+        for i in range(n):
+            rest = np.arange(n) != i
+            part = _solve(_subset(s, rest), peak, bw, shape_dependent)
+            test_s = _subset(s, ~rest)
+            held.append(np.abs(roofline_s(part, test_s, peak, bw) - test_s.seconds) / test_s.seconds)
+    if not held:  # a saved profile cannot hold NaN: state the train error, and say so
+        return fit, FitError(rows=n, train_mdape=train, leaveout_mdape=train,
+                             source=f"{source} (too few rows to hold any out: train error)")
+    leave = float(np.median(np.concatenate(held)) * 100.0)
+    return fit, FitError(rows=n, train_mdape=train, leaveout_mdape=leave, source=source)
 
 
 # ---- per-family shape extraction ------------------------------------------------------------
@@ -175,9 +189,13 @@ def fit_collective(size: np.ndarray, n: np.ndarray, seconds: np.ndarray, kind: s
     def model(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return steps[idx] * x[2] * 1e-6 + moved[idx] / (link_gbps * 1e9 * x[0]) + x[1] * 1e-6
 
+    # per-step latency: up to STEP_US_MAX, as a loopback or host-memory link between CPU processes
+    # measures hundreds of microseconds (an NVLink step is a few)
+    start = np.array([0.7, 10.0, min(max(link_latency_us, 0.0), STEP_US_MAX)])
+
     def solve(idx: np.ndarray) -> np.ndarray:
-        return least_squares(lambda x: np.log(model(x, idx) / seconds[idx]), np.array([0.7, 10.0, link_latency_us]),
-                             bounds=([0.01, 0.0, 0.0], [1.5, 1000.0, 100.0]), loss="soft_l1", f_scale=0.1).x
+        return least_squares(lambda x: np.log(model(x, idx) / seconds[idx]), start,
+                             bounds=([0.01, 0.0, 0.0], [1.5, 1000.0, STEP_US_MAX]), loss="soft_l1", f_scale=0.1).x
 
     every = np.arange(len(seconds))
     x = solve(every)
@@ -185,7 +203,10 @@ def fit_collective(size: np.ndarray, n: np.ndarray, seconds: np.ndarray, kind: s
     folds = np.random.default_rng(0).integers(0, FOLDS, len(seconds))
     held = [np.abs(model(solve(every[folds != k]), every[folds == k]) - seconds[folds == k]) / seconds[folds == k]
             for k in range(FOLDS) if (folds == k).any() and (folds != k).sum() >= 4]
-    leave = float(np.median(np.concatenate(held)) * 100) if held else float("nan")
+    if not held:  # as in fit_family: the train error, said to be one
+        leave, source = train, f"{source} (too few rows to hold any out: train error)"
+    else:
+        leave = float(np.median(np.concatenate(held)) * 100)
     fit = CommFit(eff=float(x[0]), alpha_us=float(x[1]), step_us=float(x[2]))
     return fit, FitError(rows=len(seconds), train_mdape=train, leaveout_mdape=leave, source=source)
 

@@ -1,6 +1,6 @@
 """Regenerate the shipped H100 and H200 profiles from the public measurements.
 
-    python -m costmodel.calibration.ship [--data ../shared/data] [--sample 60]
+    python -m costmodel.calibration.ship [--data ../shared/data] [--sample 80]
 
 Kernel families come from `ops/<system>/`, cross-node collectives from Vidur's multi-node
 A100 all-reduce, and per-engine tuning from the agg rows of the visible silicon file, fitted
@@ -60,7 +60,7 @@ def engine_fits(data: Path, profiles: dict[str, Profile], sample: int) -> list[E
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
-    ap.add_argument("--sample", type=int, default=60, help="rows per engine in the tuning fit")
+    ap.add_argument("--sample", type=int, default=80, help="rows per engine in the tuning fit")
     ap.add_argument("--out", default=str(PROFILES))
     args = ap.parse_args()
     data = Path(args.data)

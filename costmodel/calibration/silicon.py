@@ -27,9 +27,10 @@ from hardware.catalog import cluster as load_cluster
 from hardware.errors import PlannerInputError, UnknownNameError
 from hardware.loading import validation_sentence
 
-# silicon `system` -> catalog cluster whose node group has that device
+# silicon `system` -> catalog cluster whose node group has that device; `local` is the machine the
+# command runs on (runs that `planner verify` measured here)
 SYSTEMS = {"h100_sxm": "dgx-h100", "h200_sxm": "hgx-h200", "b200_sxm": "dgx-b200", "gb200": "gb200-nvl72",
-           "a100_sxm": "dgx-a100"}
+           "a100_sxm": "dgx-a100", "local": "local"}
 PRECISION = {"": "bf16", "bf16": "bf16", "fp8": "fp8", "fp4": "fp4", "int4": "int4"}
 REQUIRED = ("model_path", "system", "backend", "precision", "mode", "isl", "osl", "batch_size", "tp_size",
             "pp_size", "silicon_ttft_ms", "silicon_tpot_ms")
@@ -91,8 +92,14 @@ def load_rows(path: str | Path, mode: str = "agg") -> list[Row]:
 
 
 def supported(row: Row) -> bool:
-    """Whether the catalog knows the row's model, system and precision, and the layout is valid."""
+    """Whether the catalog knows the row's model, system and precision, and the layout is valid and fits
+    on the system's catalog cluster. Instances larger than that (the file's db-dump rows with
+    tp_size 16 or 64 on 8-GPU systems) would span a fabric the file does not describe; their
+    measured speeds match one-node layouts, so their columns may count something else, and no
+    prediction is made for them."""
     if row.system not in SYSTEMS or row.precision not in PRECISION:
+        return False
+    if row.layout.instance_devices > load_cluster(SYSTEMS[row.system]).groups[0].num_devices:
         return False
     try:
         check_layout(load_model(row.model), row.layout)

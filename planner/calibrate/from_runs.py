@@ -14,7 +14,7 @@ from pathlib import Path
 from costmodel.calibration import silicon
 from costmodel.calibration.engine_fit import EngineFit, fit_engine, mdape_of, ratios
 from costmodel.calibration.fit import save_profile
-from costmodel.calibration.profile import Profile, profile_for
+from costmodel.calibration.profile import EngineTuning, Profile, profile_for
 from costmodel.calibration.silicon import Row, load_rows
 from hardware import local
 from hardware.catalog import cluster as load_cluster
@@ -30,15 +30,8 @@ class RunsFit:
     before: dict[str, tuple[float, float]]  # engine -> TTFT, TPOT MdAPE with the profile as it was
 
 
-def _register_local() -> None:
-    # silicon.SYSTEMS names the catalog cluster of each measured `system`; runs measured on this
-    # machine say `local`, which hardware.catalog resolves itself
-    silicon.SYSTEMS.setdefault(local.LOCAL, local.LOCAL)
-
-
 def fit_runs(path: str | Path, out: str | Path | None = None, profile: str | Path | None = None) -> RunsFit:
     """Fit every engine found in the runs at `path` and save the tuned profile."""
-    _register_local()
     rows = load_rows(path)
     if not rows:
         raise PlannerInputError(f"{path}: no aggregated (mode=agg) runs in it; add rows with the silicon columns")
@@ -61,10 +54,13 @@ def fit_runs(path: str | Path, out: str | Path | None = None, profile: str | Pat
     def device_of(r: Row) -> str:
         return devices[r.system]
 
-    # The torch runner's kernels were measured as they run (no in-engine speed-up to learn) and its
-    # clients start staggered (no closed-loop waves): a few local runs then fit just the overheads.
-    fixed = {"compute_scale": 1.0, "memory_scale": 1.0, "moe_scale": 1.0, "fixed_scale": 1.0,
-             "closed_loop_wave": 0.0} if is_local else None
+    # `planner calibrate` fitted the torch runner's kernel scales on thousands of its own iterations, and
+    # its clients start staggered (no closed-loop waves): a few local runs then refit just the overheads.
+    fixed = None
+    if is_local:
+        was = base.engines.get("vllm") or EngineTuning()
+        names = ("compute_scale", "memory_scale", "moe_scale", "attention_scale", "fixed_scale", "per_seq_overhead_us")
+        fixed = {k: v for k in names if (v := getattr(was, k)) is not None} | {"closed_loop_wave": 0.0}
     fits, before = [], {}
     tuned = base
     for engine in sorted({r.backend for r in rows}):

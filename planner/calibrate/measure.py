@@ -3,8 +3,8 @@
 Each rank times the torch runner's own kernels (`planner.verify.kernels`: bf16-stored weights, the
 device's compute dtype) on the sweep's shapes, all ranks together behind a barrier so that every
 "device" is busy as in a serving run; then collectives across the ranks (all-reduce, all-gather,
-all-to-all, send/recv ping-pong) and the runner's per-iteration overhead, serving a small
-calibration model. Every number is the median of `reps` timed calls after a warm-up call.
+all-to-all, send/recv ping-pong) and the runner itself, serving small calibration models. Every kernel
+and collective number is the fastest of `reps` timed rounds after a warm-up call (see `timed`).
 """
 
 from __future__ import annotations
@@ -18,19 +18,28 @@ import torch
 import torch.distributed as dist
 
 from costmodel.layout import Layout
-from costmodel.models import from_hf_config
+from costmodel.models import ModelSpec, from_hf_config
 from planner.calibrate.sweep import Sweep
 from planner.verify.engine import RunSpec, Server
 from planner.verify.kernels import STORE, compute_dtype, decode_attention, linear, prefill_attention
 from planner.verify.model import route, run_experts
 from planner.verify.parallel import Comm, Mesh
 
-# A small Llama unlike the catalog's tiny models (fewer layers, a smaller vocabulary), served to
-# measure the runner's own per-iteration overhead: scheduling, embedding, sampling, KV writes.
-OVERHEAD_MODEL = {"model_type": "llama", "hidden_size": 256, "num_attention_heads": 8, "num_key_value_heads": 4,
-                  "num_hidden_layers": 2, "intermediate_size": 512, "vocab_size": 4096,
-                  "tie_word_embeddings": True}
-OVERHEAD_ISL, OVERHEAD_OSL = 32, 24
+# Small Llamas unlike the catalog's tiny models, served to learn how the runner's iterations relate to
+# its kernels (the kernels' speed inside a forward pass, and the per-iteration and per-sequence work
+# around them: scheduling, embedding, sampling, KV writes). Depth and vocabulary vary apart (one to
+# three layers; 16k and 32k vocabularies, as Llama-2 and Mistral have), so the cost of layers, of the
+# LM head and of the iteration separate in the fit; the 8-16 MB LM head of each streams through the
+# caches every iteration, as a served model's weights do, so its layers do not run from a warm cache.
+SERVING_LLAMA = {"model_type": "llama", "hidden_size": 256, "num_attention_heads": 8, "num_key_value_heads": 4,
+                 "intermediate_size": 512, "tie_word_embeddings": True}
+SERVING_SHAPES = ((1, 32768), (3, 16384), (2, 32768))  # (layers, vocabulary)
+MAX_COPIES = 1024
+
+
+def serving_models() -> list[ModelSpec]:
+    return [from_hf_config({**SERVING_LLAMA, "num_hidden_layers": n, "vocab_size": v}, name=f"calibration-llama-{n}l")
+            for n, v in SERVING_SHAPES]
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,11 @@ def timed(fn: Callable[[int], Any], reps: int, dev: torch.device, min_s: float =
 
 
 def copies(nbytes: float, sweep: Sweep) -> int:
-    """How many copies of a `nbytes` operand to rotate through so they cannot all stay in cache."""
-    return int(min(16, max(1, -(-sweep.rotate_bytes // max(int(nbytes), 1)))))
+    """How many copies of a `nbytes` operand to rotate through so they cannot all stay in cache: together
+    at least `sweep.rotate_bytes`, beyond the last-level cache. Small operands need many (a 128 KiB
+    weight, 512): in a served model the rest of the model evicts them between calls, and timed warm
+    they would read as faster than any serving iteration runs them."""
+    return int(min(MAX_COPIES, max(1, -(-sweep.rotate_bytes // max(int(nbytes), 1)))))
 
 
 def _together(world: int) -> None:
@@ -186,21 +198,25 @@ def _collectives(job: Job, rank: int, world: int, dev: torch.device,
 Log = list[tuple[int, int, int, int, float]]
 
 
-def _serving(job: Job, rank: int, world: int) -> tuple[Log, Log]:
-    """Per-iteration logs of the runner serving OVERHEAD_MODEL: one replica per rank (its overhead),
-    then tensor-parallel over every rank (its all-reduce as it runs inside a forward pass)."""
-    spec = from_hf_config(OVERHEAD_MODEL, name="calibration-llama")
-    logs: tuple[Log, Log] = ([], [])
-    runs = [(logs[0], {"dp": world}, world)]
-    if world > 1 and spec.num_kv_heads * spec.num_heads % world == 0 and spec.num_heads % world == 0:
-        runs.append((logs[1], {"tp": world}, 1))
-    for log, layout, per in runs:
-        for clients in job.sweep.overhead_clients:
-            run = RunSpec(model=spec.model_dump(), layout=layout, isl=OVERHEAD_ISL, osl=OVERHEAD_OSL,
-                          concurrency=clients * per, requests=3, device=job.device)
-            server = Server(run, rank, world)
-            server.serve()
-            log += server.log[len(server.log) // 4:]  # past the staggered start
+def _serving(job: Job, rank: int, world: int) -> dict[str, list[tuple[int, int, Log]]]:
+    """Per-iteration logs of the runner serving the calibration Llamas, one (model index, isl, log) per
+    run: "dp", one replica per rank (the runner's own speed and overhead), and "tp", tensor-parallel over
+    every rank (its all-reduce as it runs inside a forward pass, waits for the slower rank included)."""
+    models = serving_models()
+    modes = [("dp", {"dp": world}, world)]
+    if world > 1 and all(m.num_heads % world == 0 and m.num_kv_heads % world == 0 for m in models):
+        modes.append(("tp", {"tp": world}, 1))
+    logs: dict[str, list[tuple[int, int, Log]]] = {}
+    for mode, layout, per in modes:
+        logs[mode] = []
+        for i, spec in enumerate(models):
+            for isl, osl in job.sweep.serving_lengths:
+                for clients in job.sweep.overhead_clients:
+                    run = RunSpec(model=spec.model_dump(), layout=layout, isl=isl, osl=osl,
+                                  concurrency=clients * per, requests=3, device=job.device)
+                    server = Server(run, rank, world)
+                    server.serve()
+                    logs[mode].append((i, isl, server.log[len(server.log) // 4:]))  # past the staggered start
     return logs
 
 
@@ -221,7 +237,7 @@ def measure_worker(rank: int, world: int, job: Job, progress: Callable[..., None
         result.update(_kernels(job, world, dev, tick))
         result["collectives"], result["all_reduce_by"] = _collectives(job, rank, world, dev, tick) \
             if world > 1 else ([], "")
-    result["overhead"], result["tp_serving"] = _serving(job, rank, world)
+    result["serving"] = _serving(job, rank, world)
     tick("runner overhead")
     return result
 

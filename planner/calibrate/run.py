@@ -6,15 +6,14 @@
    generation_attention.csv, moe.csv, nccl.csv; plus send_recv.csv (Vidur columns) and memory.csv.
 3. The machine is described from what was measured (peak = the best GEMM rate of the sweep, memory
    bandwidth = a large copy, link = the send/recv fit) as `--cluster local`.
-4. `fit_profile(group, kernels_dir, trust="measured-here")` fits the efficiencies; the send/recv fit
-   and the runner's per-iteration overhead are added; the profile is saved where `--cluster local`
-   finds it (or at `--out`).
+4. `fit_profile(group, kernels_dir, trust="measured-here")` fits the efficiencies; the send/recv fit,
+   the runner's own tuning and its in-pass all-reduce (`planner.calibrate.overhead`) and their error
+   band are added; the profile is saved where `--cluster local` finds it (or at `--out`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,14 +27,14 @@ from scipy.optimize import least_squares
 
 from costmodel.calibration.fit import fit_profile, save_profile
 from costmodel.calibration.profile import CommFit, FitError, Profile
-from costmodel.models import from_hf_config
+from costmodel.models import ModelSpec
 from hardware import local
 from hardware.catalog import accelerator as catalog_accelerator
 from hardware.catalog import resolve
 from hardware.loading import write_atomic
 from hardware.specs import Cluster, Link, NodeGroup
-from planner.calibrate.measure import OVERHEAD_ISL, OVERHEAD_MODEL, Job, measure_worker, steps
-from planner.calibrate.overhead import fit_overhead, fit_runner_all_reduce, for_every_engine
+from planner.calibrate.measure import Job, measure_worker, serving_models, steps
+from planner.calibrate.overhead import error_band, fit_runner, fit_runner_all_reduce, for_every_engine
 from planner.calibrate.sweep import Sweep, for_device
 from planner.verify.launch import launch
 
@@ -162,15 +161,6 @@ def describe(results: list[dict[str, Any]], folder: Path, device: str, gpu_names
                                                           f"thread(s) each, measured by planner calibrate {when}")
 
 
-def _loadable(profile: Profile) -> Profile:
-    """A family with too few rows for any held-out fold gets a NaN leave-out error, which a saved profile
-    cannot hold (it is written as null and rejected on load): state the train error instead, and say so."""
-    errors = {k: e if math.isfinite(e.leaveout_mdape) else e.model_copy(update={
-        "leaveout_mdape": e.train_mdape, "source": f"{e.source} (too few rows to hold any out: train error)"})
-        for k, e in profile.fit_error.items()}
-    return profile.model_copy(update={"fit_error": errors})
-
-
 def save_cluster(cluster: Cluster, path: Path) -> Path:
     data = json.loads(cluster.model_dump_json(exclude_defaults=True))
     return write_atomic(path, yaml.safe_dump(data, sort_keys=False, width=120))
@@ -205,29 +195,34 @@ def calibrate(quick: bool = False, out: Path | None = None, devices: int | None 
         progress("fitting", total - 1, total)
     cluster = resolve(describe(results, folder, device, gpus))
     group: NodeGroup = cluster.groups[0]
-    # fit_collective starts its per-step latency at the link's and bounds it at 100 us (GPU fabrics); a
-    # loopback link can measure slower, so the fit starts from the bound (the starting point only)
-    start = group.scaleup.model_copy(update={"latency_us": min(group.scaleup.latency_us, 100.0)})
-    profile = fit_profile(group.model_copy(update={"scaleup": start}), folder, None, trust="measured-here",
+    profile = fit_profile(group, folder, None, trust="measured-here",
                           source=f"measured on this machine by planner calibrate{' --quick' if quick else ''} "
                                  f"{date.today().isoformat()}: {local.cpu_name() if not gpus else gpus[0]}, "
                                  f"{world} worker process(es); kernel CSVs in {folder}")
-    profile = _loadable(profile)
     link = fit_link(folder)
     if link is not None:  # the link itself is the send/recv fit: no further efficiency or latency on top
         profile = profile.model_copy(update={
             "comm": {**profile.comm, "send_recv": CommFit(eff=1.0, alpha_us=0.0)},
             "fit_error": {**profile.fit_error, "comm.send_recv": link[2]}})
-    model = from_hf_config(OVERHEAD_MODEL, name="calibration-llama")
-    rows = [tuple(x) for r in results for x in r["overhead"]]
-    tuning, err = fit_overhead(model, group, profile, rows, OVERHEAD_ISL)
-    profile = for_every_engine(profile, tuning)
-    tp_rows = [tuple(x) for r in results for x in r["tp_serving"]]
-    if tp_rows:
-        profile, _ = fit_runner_all_reduce(model, group, profile, tp_rows, OVERHEAD_ISL, world)
+    models = serving_models()
+
+    def runs(mode: str) -> list[tuple[ModelSpec, int, list[tuple[int, int, int, int, float]]]]:
+        # every rank's log of one run together (tensor-parallel ranks log the same iterations twice)
+        return [(models[i], isl, [tuple(x) for r in results for x in r["serving"][mode][k][2]])
+                for k, (i, isl, _) in enumerate(results[0]["serving"][mode])]
+
+    runner = fit_runner(runs("dp"), group, profile)
+    profile = for_every_engine(profile, runner.tuning)
+    ratios = list(runner.ratios)
+    if "tp" in results[0]["serving"]:
+        profile, tp_ratios = fit_runner_all_reduce(runs("tp"), group, profile, world)
+        ratios += tp_ratios
+    # the spread of the runner's measured / predicted speed over the calibration runs, as every local
+    # prediction's uncertainty band (plan explanations say when two plans are closer than it)
+    profile = for_every_engine(profile, runner.tuning.model_copy(update={"error_band": error_band(ratios)}))
     target = out or local.profile_path()
     save_profile(profile, target)
     cpath = save_cluster(cluster, local.cluster_path())
     if progress is not None:
         progress("done", total, total)
-    return Calibration(profile, target, cluster, cpath, folder, time.monotonic() - started, err)
+    return Calibration(profile, target, cluster, cpath, folder, time.monotonic() - started, runner.error_pct)

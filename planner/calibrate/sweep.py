@@ -25,6 +25,8 @@ class Sweep:
     rotate_bytes: int  # operands are rotated through copies totalling at least this (beyond the caches)
     collective_calls: int  # calls per timing round of a collective (the same on every rank)
     overhead_clients: tuple[int, ...]  # closed-loop clients of the runner-overhead runs
+    serving_lengths: tuple[tuple[int, int], ...] = ((32, 24), (96, 32))  # (isl, osl) of those runs: two context
+    # lengths, so per-sequence and attention costs part in the fit (planner.calibrate.overhead)
 
 
 HEADS = [(8, 4, 32), (8, 8, 64), (16, 4, 64), (32, 8, 128)]
@@ -50,6 +52,7 @@ def cpu(quick: bool) -> Sweep:
         moe=moe, collective_bytes=sizes, copy_bytes=(64 if quick else 256) * 2**20, reps=3 if quick else 5,
         min_round_s=0.003 if quick else 0.02, rotate_bytes=64 * 2**20, collective_calls=2 if quick else 4,
         overhead_clients=(2, 8) if quick else (1, 4, 16),
+        serving_lengths=((32, 16),) if quick else ((32, 24), (96, 32)),
     )
 
 

@@ -52,6 +52,8 @@ class Measured:
     error: str = ""
     notes: tuple[str, ...] = ()
     per_request: tuple[tuple[float, float], ...] = ()  # (ttft_s, tpot_s) of each measured request
+    round_tok_s: tuple[float, ...] = ()  # output rate of every successful round (see median_of)
+    round_tpot_ms: tuple[float, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -71,9 +73,14 @@ class Measured:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def best_of(rounds: Sequence[Measured]) -> Measured:
-    """Repeated runs of one plan as one measurement: the round with the highest output rate (other
-    processes on a shared machine only ever slow a round down), with every round's failures counted."""
+def median_of(rounds: Sequence[Measured]) -> Measured:
+    """Repeated runs of one plan as one measurement: the round with the median output rate (the lower
+    middle one for an even count), with every round's failures counted and every round's rate and
+    TPOT kept (`round_tok_s`, `round_tpot_ms`) so a report can say how far apart rounds fell.
+
+    The median, not the best round: a tensor-parallel or pipelined plan waits at every collective for
+    whichever rank was held up, so its rounds spread wider than a data-parallel plan's, and the best
+    round would flatter whichever plan varies most."""
     ok = [m for m in rounds if m.ok]
     if not ok:
         return rounds[0]
@@ -83,12 +90,16 @@ def best_of(rounds: Sequence[Measured]) -> Measured:
             fails[k] = fails.get(k, 0) + v
     notes = tuple(dict.fromkeys(n for m in ok for n in m.notes))
     if len(ok) < len(rounds):
-        notes = (*notes, f"{len(rounds) - len(ok)} of {len(rounds)} rounds failed: {rounds[0].error or 'see log'}")
-    best = max(ok, key=lambda m: m.output_tok_s)
+        notes = (*notes, f"{len(rounds) - len(ok)} of {len(rounds)} rounds failed: "
+                         f"{next(m.error for m in rounds if not m.ok) or 'see log'}")
+    ranked = sorted(ok, key=lambda m: -m.output_tok_s)
+    mid = ranked[(len(ranked) - 1) // 2]
     if len(rounds) > 1:
         tpots = ", ".join(f"{m.tpot_ms:.2f}" for m in ok)
-        notes = (*notes, f"best of {len(ok)} rounds (TPOT ms {tpots})")
-    return replace(best, failures=fails, notes=notes)
+        spread = (max(m.output_tok_s for m in ok) - min(m.output_tok_s for m in ok)) / max(mid.output_tok_s, 1e-9)
+        notes = (*notes, f"median of {len(ok)} rounds (TPOT ms {tpots}; output rate spread {spread * 100:.0f}%)")
+    return replace(mid, failures=fails, notes=notes, round_tok_s=tuple(m.output_tok_s for m in ok),
+                   round_tpot_ms=tuple(m.tpot_ms for m in ok))
 
 
 def failed(error: str, failures: dict[str, int] | None = None) -> Measured:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
+from costmodel.instance import stage_layers
 from costmodel.layout import Layout
 from planner.verify.kernels import STORE
 from planner.verify.launch import RUN_DIR_ENV
@@ -74,7 +76,7 @@ class Mesh:
         from planner.verify.model import Shard
 
         lay = self.layout
-        bounds = [round(i * num_layers / lay.pp) for i in range(lay.pp + 1)]
+        bounds = list(accumulate(stage_layers(num_layers, lay.pp), initial=0))  # as the cost model splits them
         ep_rank = self.g // (self.group_size // lay.ep)
         return Shard(tp=lay.tp, tp_rank=self.tp_rank, layers=(bounds[self.stage], bounds[self.stage + 1]),
                      first=self.stage == 0, last=self.stage == lay.pp - 1, ep=lay.ep, ep_rank=ep_rank,

@@ -4,8 +4,10 @@ For each of the `top` plans of a plans folder the runner (torch on this machine,
 endpoint per plan) measures TTFT, TPOT and output throughput. The report gives predicted vs
 measured and the absolute percentage error per plan, and whether the predicted order held:
 plans are ordered by measured SLO-meeting output tokens per second per device (the measured
-counterpart of the planner's score), compared with the predicted rank by Kendall's tau.
-It is written atomically as verify.json, verify.md and runs.csv (silicon columns, for
+counterpart of the planner's score), compared with the predicted rank by Kendall's tau. Each pair
+of plans is also judged against the error band the predictions came with (the one `planner plan`
+explains its ranking with): a pair predicted closer than the band that measures the other way round
+is a swap within band, not a miss. It is written atomically as verify.json, verify.md and runs.csv (silicon columns, for
 `planner calibrate --from-runs`).
 """
 
@@ -23,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hardware.catalog import cluster as load_cluster
 from hardware.errors import PlannerInputError
 from hardware.loading import read_mapping, write_atomic
-from planner.verify.measured import Measured, best_of
+from hardware.local import LOCAL
+from planner.verify.measured import Measured, median_of
 from planner.verify.sizing import LocalRun, local_run
 
 METRICS = ("ttft_ms", "tpot_ms", "output_tok_s")
@@ -89,12 +93,65 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Pair:
+    """Two verified plans, `better` predicted ahead of `worse`, and what the runs said about them."""
+
+    better: Row
+    worse: Row
+    band: tuple[float, float] | None  # p10/p90 of measured / predicted TPOT (the plan explanations' band)
+
+    @property
+    def predicted_gap_pct(self) -> float:
+        b, w = self.better.run.predicted_score, self.worse.run.predicted_score
+        return (b / w - 1) * 100 if w > 0 else math.inf
+
+    @property
+    def within_band(self) -> bool:
+        """Predicted closer than the error band spans, as `planner plan` explains it: their order is uncertain."""
+        lo, hi = self.band or (1.0, 1.0)
+        return self.better.run.predicted_score <= self.worse.run.predicted_score * hi / lo
+
+    @property
+    def held(self) -> bool:
+        return self.better.measured_score >= self.worse.measured_score
+
+    @property
+    def rounds_overlap(self) -> bool:
+        """The two plans' rounds overlap in output tokens per second per device (the run cannot tell them apart)."""
+        a = [t / self.better.devices for t in self.better.measured.round_tok_s]
+        b = [t / self.worse.devices for t in self.worse.measured.round_tok_s]
+        return bool(a and b) and min(a) <= max(b) and min(b) <= max(a)
+
+    def describe(self) -> str:
+        b, w = self.better.run.rank, self.worse.run.rank
+        head = (f"#{b} over #{w}: predicted {self.predicted_gap_pct:.0f}% ahead, measured "
+                f"{(self.better.measured_score / self.worse.measured_score - 1) * 100:+.0f}%"
+                if self.worse.measured_score > 0 else f"#{b} over #{w}: predicted {self.predicted_gap_pct:.0f}% ahead")
+        band = (f"within the calibration's x{self.band[0]:.2f}-x{self.band[1]:.2f} error band" if self.within_band
+                and self.band else "beyond the error band")
+        rounds = "; their rounds overlap" if self.rounds_overlap else "; their rounds do not overlap"
+        return f"{head} ({'held' if self.held else 'swapped'}, {band}{rounds})"
+
+
+@dataclass(frozen=True)
 class Report:
     request: dict[str, Any]
     runner: str
     rows: list[Row]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    band: tuple[float, float] | None = None
+
+    @property
+    def pairs(self) -> list[Pair]:
+        ok = sorted((r for r in self.rows if r.measured.ok), key=lambda r: r.run.rank)
+        return [Pair(a, b, self.band) for i, a in enumerate(ok) for b in ok[i + 1:]]
+
+    @property
+    def order_held_beyond_band(self) -> bool:
+        """Every pair predicted further apart than the error band measured in the predicted order."""
+        ok = [r for r in self.rows if r.measured.ok]
+        return len(ok) == len(self.rows) and all(p.held or p.within_band for p in self.pairs)
 
     @property
     def measured_order(self) -> list[int]:
@@ -115,13 +172,28 @@ class Report:
         errs = [e for r in self.rows if math.isfinite(e := r.error(metric))]
         return statistics.median(errs) if errs else math.nan
 
+    def verdict(self) -> str:
+        if self.order_held:
+            return "held"
+        if self.order_held_beyond_band:
+            swapped = [p for p in self.pairs if not p.held]
+            return ("did not hold, within band: only " + ", ".join(f"#{p.better.run.rank}/#{p.worse.run.rank}"
+                                                               for p in swapped)
+                    + " swapped, predicted closer than the error band")
+        return "did not hold"
+
     def as_dict(self) -> dict[str, Any]:
         med = {k: self.median_error(k) for k in METRICS}
         return {"request": {k: v for k, v in self.request.items() if k != "model_spec"}, "runner": self.runner,
                 "seconds": round(self.seconds, 2), "plans": [r.as_dict() for r in self.rows],
                 "median_error_pct": {k: (round(v, 2) if math.isfinite(v) else None) for k, v in med.items()},
                 "kendall_tau": None if math.isnan(self.tau) else round(self.tau, 4), "order_held": self.order_held,
-                "measured_order": self.measured_order, "notes": self.notes}
+                "order_held_beyond_band": self.order_held_beyond_band, "measured_order": self.measured_order,
+                "error_band": list(self.band) if self.band else None,
+                "pairs": [{"better": p.better.run.rank, "worse": p.worse.run.rank,
+                           "predicted_gap_pct": round(p.predicted_gap_pct, 2), "held": p.held,
+                           "within_band": p.within_band, "rounds_overlap": p.rounds_overlap} for p in self.pairs],
+                "notes": self.notes}
 
     def markdown(self) -> str:
         r0 = self.request
@@ -141,8 +213,8 @@ class Report:
         lines += ["", f"Median absolute error: TTFT {med['ttft_ms']}%, TPOT {med['tpot_ms']}%, throughput "
                       f"{med['output_tok_s']}%.",
                   f"Predicted order {[r.run.rank for r in self.rows]}, measured order {self.measured_order} "
-                  f"(by SLO-meeting output tok/s per device): {'held' if self.order_held else 'did not hold'}; "
-                  f"Kendall tau {_f(self.tau, 2)}."]
+                  f"(by SLO-meeting output tok/s per device): {self.verdict()}; Kendall tau {_f(self.tau, 2)}."]
+        lines += [f"- {p.describe()}" for p in self.pairs]
         lines += [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
@@ -195,7 +267,7 @@ def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints
     """Run the `top` best plans of `plans_dir` with `runner` and compare them with their predictions.
 
     With `repeats` > 1 the plans run in interleaved rounds (1, 2, 3, 1, 2, 3, ...) and each keeps its
-    best round, so a burst of load from other processes cannot decide the order."""
+    median round, so a burst of load from other processes, or one lucky round, cannot decide the order."""
     if top < 1:
         raise PlannerInputError(f"--top {top} must be at least 1")
     if repeats < 1:
@@ -245,53 +317,19 @@ def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints
             if progress is not None:
                 progress(f"running #{run.rank} {run.label} (round {k + 1} of {repeats})", k * len(runs) + i, total)
             rounds[run.rank].append(measure(run))
-    rows = [Row(run, best_of(rounds[run.rank]), run.layout.total_devices) for run in runs]
-    if runner == "torch":
-        notes += [n for run in runs if (n := pipeline_note(run, {p["rank"]: p for p in plans}[run.rank]))]
+    rows = [Row(run, median_of(rounds[run.rank]), run.layout.total_devices) for run in runs]
     if progress is not None:
         progress("done", total, total)
-    return Report(request, runner, rows, time.monotonic() - started, notes)
+    return Report(request, runner, rows, time.monotonic() - started, notes, prediction_band(request, runner))
 
 
-def pipeline_bound_ms(run: LocalRun, decode_batch: float) -> tuple[float, float]:
-    """(the planner's TPOT, a pipeline-bound TPOT) of a pp > 1 run at its steady decode batch, in ms.
-
-    The planner takes one token's time as one pass through all stages at batch/pp, which holds when
-    the stages are balanced. Each stage handles all pp micro-batches per token, so the slowest stage
-    bounds it at pp x that stage's time; the runner splits layers evenly and puts the LM head on the
-    last stage (as vLLM does), which a large vocabulary makes the slowest."""
+def prediction_band(request: dict[str, Any], runner: str) -> tuple[float, float] | None:
+    """The TPOT error band (p10/p90 of measured / predicted) of the profile the predictions came from: this
+    machine's for the torch runner (every run is predicted on `local`), the planned cluster's otherwise."""
     from costmodel.calibration.profile import profile_for
-    from costmodel.engines import engine as load_engine
-    from costmodel.instance import Instance
-    from costmodel.ops import Batch
-    from costmodel.precision import precision as load_precision
-    from hardware.catalog import cluster as load_cluster
-    from hardware.local import LOCAL, calibrated_profile
+    from hardware.local import calibrated_profile
 
-    lay = run.layout.model_copy(update={"dp": 1})
-    here = load_cluster(LOCAL)
-    group = here.groups[0]
-    inst = Instance(run.spec, lay, load_precision(run.precision), group,
-                    profile_for(group.device.name, calibrated_profile(here)), load_engine(run.engine))
-    ctx = run.workload.isl + run.workload.osl / 2
-    b = Batch(decode_seqs=max(decode_batch, 1.0) / lay.pp, decode_ctx=ctx)
-    parts = {k: float(v) for k, v in inst.breakdown(b).items()}
-    head, send, over = parts.pop("lm_head"), parts.pop("pp_send", 0.0), parts.pop("engine_overhead")
-    layers = sum(parts.values())
-    bounds = [round(i * run.spec.num_layers / lay.pp) for i in range(lay.pp + 1)]
-    stages = [layers * (bounds[i + 1] - bounds[i]) / run.spec.num_layers for i in range(lay.pp)]
-    stages[0] += over
-    stages[-1] += head
-    planned = sum(stages) + send
-    return planned * 1e3, max(planned, lay.pp * max(stages) + send) * 1e3
-
-
-def pipeline_note(run: LocalRun, plan: dict[str, Any]) -> str:
-    if run.layout.pp == 1 or not run.as_planned:
-        return ""
-    planned, bound = pipeline_bound_ms(run, float(plan["metrics"].get("decode_batch", 1.0)))
-    if bound <= planned * 1.05:
-        return ""
-    return (f"#{run.rank} {run.label}: the stages are unbalanced (the LM head sits on the last one): pp x the "
-            f"slowest stage gives a TPOT of {bound:.1f} ms where one balanced pass gives {planned:.1f} ms; the "
-            "cost model's pipeline step (costmodel/instance.py step_s) should take the larger")
+    here = load_cluster(LOCAL if runner == "torch" else request["cluster"])
+    prof = profile_for(here.groups[0].device.name, calibrated_profile(here))
+    band = prof.for_engine(request.get("engine", "vllm")).error_band.get("tpot_ms")
+    return (float(band[0]), float(band[1])) if band else None

@@ -67,11 +67,6 @@ def _layer_bytes(spec: ModelSpec, lay: Layout, weight_bytes: float) -> float:
     return per * weight_bytes
 
 
-def _with(spec: ModelSpec, **update: Any) -> ModelSpec:
-    """`spec` with fields replaced, re-validated (model_copy would keep its cached parameter counts)."""
-    return ModelSpec.model_validate({**spec.model_dump(), **update})
-
-
 def _halve_width(spec: ModelSpec, lay: Layout) -> ModelSpec | None:
     heads, kv = spec.num_heads // 2, max(1, spec.num_kv_heads // 2)
     if heads < lay.tp or heads % lay.tp or heads % kv or spec.hidden_size < 128:
@@ -84,7 +79,7 @@ def _halve_width(spec: ModelSpec, lay: Layout) -> ModelSpec | None:
             return None
         update["moe"] = {**spec.moe.model_dump(), "intermediate_size": width,
                          "shared_intermediate_size": spec.moe.shared_intermediate_size // 2}
-    return _with(spec, **update)
+    return spec.model_copy(update=update)
 
 
 def size_model(spec: ModelSpec, lay: Layout, gbps: float, layers: int | None = None,
@@ -109,7 +104,7 @@ def size_model(spec: ModelSpec, lay: Layout, gbps: float, layers: int | None = N
     update: dict[str, Any] = {"num_layers": layers, "vocab_size": vocab, "name": f"{spec.name}-scaled"}
     if spec.moe:
         update["moe"] = {**spec.moe.model_dump(), "first_dense_layers": min(spec.moe.first_dense_layers, layers - 1)}
-    scaled = _with(spec, **update)
+    scaled = spec.model_copy(update=update)
     return scaled, [f"scaled copy: {scaled.num_layers} layers, hidden {scaled.hidden_size}, {scaled.num_heads} heads, "
                     f"vocab {scaled.vocab_size}"]
 
