@@ -245,7 +245,7 @@ def _stage_batch(inst: Instance, b: Batch) -> Batch:
     pp = inst.layout.pp
     if pp == 1:
         return b
-    return Batch(b.decode_seqs / pp, b.decode_ctx, b.prefill_tokens / pp, b.prefill_span, b.prefill_seqs / pp)
+    return b.split(pp)
 
 
 def _comm_power_w(inst: Instance, pm: PowerModel) -> float:

@@ -163,7 +163,7 @@ class Instance:
         layer for batch `b`, and the kernels one layer launches."""
         m = self.model
         mb = self.micro_batches
-        part = moe.micro_batch(b, mb) if mb > 1 else b
+        part = b.split(mb) if mb > 1 else b  # what each pass of a two-batch-overlap schedule runs
         out: dict[bool, tuple[dict[str, Num], int]] = {}
         for moe_layer, count in ((False, m.dense_layers), (True, m.moe_layers)):
             if not count:
@@ -237,7 +237,7 @@ class Instance:
         pp = self.layout.pp
         if pp == 1:
             return sum(self.breakdown(b).values())
-        mb = Batch(b.decode_seqs / pp, b.decode_ctx, b.prefill_tokens / pp, b.prefill_span, b.prefill_seqs / pp)
+        mb = b.split(pp)
         stages = self.stages_s(mb)
         full = sum(stages) + (pp - 1) * self._send_s(mb)
         return np.maximum(full, pp * reduce(np.maximum, stages))

@@ -187,11 +187,6 @@ def dispatch_combine_s(model: ModelSpec, lay: Layout, prec: Precision, b: Batch,
 
 
 # ---- micro-batch overlap -----------------------------------------------------------------------
-def micro_batch(b: Batch, m: int) -> Batch:
-    """One of `m` equal micro-batches of `b` (what each pass of a two-batch-overlap schedule runs)."""
-    return Batch(b.decode_seqs / m, b.decode_ctx, b.prefill_tokens / m, b.prefill_span, b.prefill_seqs / m)
-
-
 def exposed_comm(compute_s: Num, comms: dict[str, Num], m: int) -> dict[str, Num]:
     """Communication left on the critical path when `m` micro-batches alternate compute and comm.
 

@@ -37,6 +37,11 @@ class Batch:
     def tokens(self) -> Num:
         return self.decode_seqs + self.prefill_tokens
 
+    def split(self, n: int) -> Batch:
+        """One of `n` equal parts (pipeline or overlap micro-batches): counts shrink, lengths stay."""
+        return Batch(self.decode_seqs / n, self.decode_ctx, self.prefill_tokens / n, self.prefill_span,
+                     self.prefill_seqs / n)
+
 
 @dataclass(frozen=True)
 class Op:
@@ -77,6 +82,7 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
     tokens = b.tokens / adp
     dec, pre = b.decode_seqs / adp, b.prefill_tokens / adp
     kv_b = prec.kv_bytes
+    prompt_only = prompt_calls(b, adp)
     if model.mla:
         m = model.mla
         qk = m.qk_nope_head_dim + m.qk_rope_head_dim
@@ -89,11 +95,11 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
         # Prefill expands the latent to per-head K/V; decode absorbs W_kv_b into Q and O
         # (DeepSeek-V2 paper, sec. 2.1.3), attending over the latent directly.
         ops.append(_gemm("kv_b_proj", pre, heads * (m.qk_nope_head_dim + m.v_head_dim),
-                         m.kv_lora_rank, prec, calls=prompt_calls(b, adp)))
+                         m.kv_lora_rank, prec, calls=prompt_only))
         ops.append(Op("attn_prefill", "attn_prefill",
                       2.0 * pre * b.prefill_span * heads * (qk + m.v_head_dim),
                       pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes, 2.0 * b.prefill_span,
-                      family="mla_prefill", calls=prompt_calls(b, adp)))
+                      family="mla_prefill", calls=prompt_only))
         ops.append(_gemm("q_absorb", dec, heads * m.kv_lora_rank, m.qk_nope_head_dim, prec))
         ops.append(Op("attn_decode", "attn_decode",
                       2.0 * dec * b.decode_ctx * heads * (latent + m.kv_lora_rank),
@@ -112,7 +118,7 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
     return [
         _gemm("qkv_proj", tokens, (heads + 2 * kv_heads) * d, h, prec),
         Op("attn_prefill", "attn_prefill", 4.0 * pre * span * heads * d,
-           pre * (heads + 2 * kv_heads) * d * prec.act_bytes * 2, 2.0 * span, calls=prompt_calls(b, adp)),
+           pre * (heads + 2 * kv_heads) * d * prec.act_bytes * 2, 2.0 * span, calls=prompt_only),
         Op("attn_decode", "attn_decode", 4.0 * dec * dec_ctx * heads * d,
            dec * dec_ctx * 2 * kv_heads * d * kv_b),
         _gemm("o_proj", tokens, h, heads * d, prec),
