@@ -86,11 +86,12 @@ def _workload(a: argparse.Namespace) -> dict[str, Any]:
 # `planner plan` without workload flags: a short closed-loop demo load, small enough that a tiny model's
 # top plans verify on a 2-core CPU in about a minute and a half (five interleaved rounds each)
 PLAN_WORKLOAD = {"isl": 64, "osl": 64, "concurrency": 8}
+PLAN_WORKLOAD_FLAGS = " ".join(f"--{k} {v}" for k, v in PLAN_WORKLOAD.items())
 
 
 def _fill_workload(a: argparse.Namespace) -> str:
     """With no workload flag at all, PLAN_WORKLOAD, and one line saying so; with some, the rest are required."""
-    defaults = " ".join(f"--{k} {v}" for k, v in PLAN_WORKLOAD.items())
+    defaults = PLAN_WORKLOAD_FLAGS
     if all(getattr(a, k) is None for k in ("isl", "osl", "concurrency", "rate")):
         for k, v in PLAN_WORKLOAD.items():
             setattr(a, k, v)
@@ -112,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e)
     for k in ("tp", "pp", "dp", "ep", "attention-dp", "sp"):
         e.add_argument(f"--{k}", type=_positive_int, default=1, help=f"{k} degree")
-    p = sub.add_parser("plan", help="search every layout and rank them (no workload flags: "
-                                    + " ".join(f"--{k} {v}" for k, v in PLAN_WORKLOAD.items()) + ")")
+    p = sub.add_parser("plan", help=f"search every layout and rank them (no workload flags: {PLAN_WORKLOAD_FLAGS})")
     _common(p, workload_required=False)
     p.add_argument("--ttft-ms", type=_positive_float, help="mean TTFT objective")
     p.add_argument("--tpot-ms", type=_positive_float, help="mean TPOT objective")
@@ -464,6 +464,8 @@ COMMANDS["simulate"] = cmd_simulate
 
 # ---- calibrate and verify: measured runs on real devices (torch: the [verify] extra) -------------
 TORCH_REPEATS = 5  # interleaved rounds per plan: the median of five rides out a noisy round or two
+
+
 def _add_measured(sub: Any) -> None:
     c = sub.add_parser("calibrate", help="measure this machine (kernels, memory, collectives) and fit its profile; "
                                          "or fit engine constants to your own runs (--from-runs)")
