@@ -266,6 +266,48 @@ def test_workers_run_in_sessions_of_their_own_on_cores_of_their_own(torch) -> No
         assert all(nice == -20 for _, _, nice in out)
 
 
+def _sleep_and_tell(rank: int, world: int, folder: str, progress) -> None:
+    import os
+    import time
+
+    (Path(folder) / f"{rank}.pid").write_text(str(os.getpid()))
+    time.sleep(300)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_workers_end_when_the_planner_is_killed(torch, tmp_path: Path) -> None:
+    """A planner killed hard (a time limit, a user) takes its workers with it: they lead sessions of their
+    own and the forkserver outlives its parent, so an orphaned calibration sweep once ran on beside the
+    next verify run on an H100."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    code = ("from planner.verify.launch import launch; from test_verify import _sleep_and_tell; "
+            f"launch(_sleep_and_tell, 2, {str(tmp_path)!r}, timeout_s=600)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("*.pid"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.2)
+    pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(p) for p in pids)
+
+
 def test_pipeline_stages_split_layers_as_the_cost_model_does(torch) -> None:
     from costmodel.instance import stage_layers
     from planner.verify.parallel import Mesh

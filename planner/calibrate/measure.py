@@ -95,10 +95,12 @@ def _together(world: int) -> None:
 
 def _kernels(job: Job, world: int, dev: torch.device, tick: Callable[[str], None]) -> dict[str, list[Any]]:
     s, cdt, reps = job.sweep, compute_dtype(dev), job.sweep.reps
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    gen = torch.Generator(device=dev).manual_seed(0)
 
     def randn(*shape: int, dtype: torch.dtype = cdt) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen).to(device=dev, dtype=dtype)
+        # drawn where they are used: a GPU sweep's operands (a 22 GB expert stack) drawn on one CPU
+        # thread took minutes per shape
+        return torch.randn(*shape, generator=gen, device=dev, dtype=dtype)
 
     out: dict[str, list[Any]] = {"gemm": [], "context": [], "generation": [], "moe": []}
     wait = s.min_round_s

@@ -121,8 +121,9 @@ class Server:
     def _meta(self, step: Step) -> StepMeta:
         dev = self.device
         slots = torch.tensor([r.slot for r in step.decode], dtype=torch.long, device=dev)
-        lens = torch.tensor([self.spec.isl + r.generated for r in step.decode], dtype=torch.long, device=dev)
-        return StepMeta(slots, lens, [(c.req.slot, c.start, c.n, c.emits) for c in step.chunks])
+        lens = [self.spec.isl + r.generated for r in step.decode]
+        return StepMeta(slots, torch.tensor(lens, dtype=torch.long, device=dev),
+                        [(c.req.slot, c.start, c.n, c.emits) for c in step.chunks], max(lens, default=0))
 
     def _ids(self, step: Step) -> torch.Tensor:
         parts = [torch.tensor([r.last_token for r in step.decode], dtype=torch.long)]

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import queue
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -59,6 +60,22 @@ def _prioritise() -> None:
         os.nice(NICE)
 
 
+def _die_with_parent() -> None:
+    """End this worker when the process that launched it ends. Workers start sessions of their own
+    (`_prioritise`) and the forkserver outlives a killed parent, so a `planner calibrate` stopped by a
+    time limit left its sweep running on the GPU beside whatever ran next (seen on an H100: a verify
+    run beside it measured 4x slow). The parent's sentinel closes when it dies, however it dies."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
 def _pin(rank: int, world: int, threads: int) -> None:
     """Give each CPU worker cores of its own when there are enough (rank r: cores r*threads ..): a
     rank the scheduler moves, or stacks on its peer's core, stalls every collective of the step."""
@@ -75,6 +92,7 @@ def _entry(target: Target, rank: int, world: int, arg: Any, init: str, q: Any, t
 
     try:
         os.environ[RUN_DIR_ENV] = os.path.dirname(init.removeprefix("file://"))
+        _die_with_parent()
         _prioritise()
         if device == "cpu":
             _pin(rank, world, threads)

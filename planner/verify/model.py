@@ -63,8 +63,9 @@ class Init:
         self.seed, self.device = seed, device
 
     def full(self, key: str, *shape: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{key}".encode()))
-        return torch.randn(*shape, generator=gen, dtype=torch.float32) * INIT_STD
+        # drawn on the device: an 8B model's weights drawn on one CPU thread took over a minute
+        gen = torch.Generator(device=self.device).manual_seed(zlib.crc32(f"{self.seed}:{key}".encode()))
+        return torch.randn(*shape, generator=gen, dtype=torch.float32, device=self.device) * INIT_STD
 
     def param(self, t: torch.Tensor) -> nn.Parameter:
         return nn.Parameter(t.to(device=self.device, dtype=STORE).contiguous(), requires_grad=False)
@@ -110,6 +111,9 @@ class StepMeta:
     dec_slots: torch.Tensor  # [B] KV-cache slot of each decoding sequence
     dec_lens: torch.Tensor  # [B] context length including the token being decoded
     chunks: list[tuple[int, int, int, bool]] = field(default_factory=list)  # (slot, start, n, emits a token)
+    # the longest of dec_lens, known on the host: read from the device tensor, every layer waited for
+    # the GPU (one sync a layer made an 8B model's decode step on an H100 launch-bound, 4x its kernels)
+    dec_span: int = 0
 
     @property
     def n_dec(self) -> int:
@@ -146,7 +150,7 @@ class StepMeta:
         b, p = n_dec, n_chunks
         cols = [vals[2 * b + i * p: 2 * b + (i + 1) * p] for i in range(4)]
         chunks = [(s, st, n, bool(e)) for s, st, n, e in zip(*cols, strict=True)]
-        return StepMeta(t[:b].to(device), t[b:2 * b].to(device), chunks)
+        return StepMeta(t[:b].to(device), t[b:2 * b].to(device), chunks, max(vals[b:2 * b], default=0))
 
 
 class Block(nn.Module):
@@ -243,7 +247,7 @@ class Block(nn.Module):
             pos = meta.dec_lens - 1
             kc[meta.dec_slots, :, pos] = k[:b].to(STORE)
             vc[meta.dec_slots, :, pos] = v[:b].to(STORE)
-            span = int(meta.dec_lens.max())
+            span = meta.dec_span
             out[:b] = decode_attention(q[:b], kc[meta.dec_slots, :, :span], vc[meta.dec_slots, :, :span],
                                        meta.dec_lens)
         off = b
