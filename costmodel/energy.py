@@ -260,7 +260,9 @@ def iteration_power_w(inst: Instance, b: Batch) -> Num:
     Times come from `inst.breakdown` (so a cap is already in them); each op's power from its
     roofline sides. Ops of the same name are the same op in dense and MoE layers, so weighting
     each name's total time by its op's power is exact. Collectives draw the HBM traffic they
-    cause; the engine's CPU-side overhead leaves the device at loaded idle.
+    cause; the engine's CPU-side overhead leaves the device at loaded idle. With pipeline stages
+    of unequal work the iteration (`inst.step_s`) outlasts the device time of its micro-batches
+    (pp times the slowest stage): the other stages wait that difference out at idle.
     """
     stage = _stage_batch(inst, b)
     acc, prof, prec = inst.acc, inst.profile, inst.prec
@@ -283,8 +285,12 @@ def iteration_power_w(inst: Instance, b: Batch) -> Num:
             p = comm_w
         energy = energy + t * p
         seconds = seconds + t
+    # every device runs pp micro-batches of its stage per iteration: together they are busy for one
+    # pass (`seconds`) out of each step, and wait the rest at idle
+    step = np.maximum(inst.step_s(b), seconds)
+    energy = energy + (step - seconds) * pm.idle_w
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(np.asarray(seconds) > 0, energy / np.maximum(seconds, TINY_S), pm.idle_w)
+        return np.where(np.asarray(step) > 0, energy / np.maximum(step, TINY_S), pm.idle_w)
 
 
 @dataclass(frozen=True)

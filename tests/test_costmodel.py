@@ -232,6 +232,36 @@ def test_pipeline_step_is_paced_by_the_slowest_stage():
     assert np.allclose(one.step_s(b), sum(one.breakdown(b).values()))
 
 
+def test_unequal_pipeline_stages_wait_at_idle_power():
+    """Devices of a pipeline whose iteration is paced by its slowest stage are busy for one pass of the
+    micro-batches and idle for the rest of the step: mean power is the busy power diluted by that wait."""
+    from dataclasses import fields
+
+    from costmodel import energy
+    from costmodel.calibration.profile import profile_for
+    from costmodel.catalog import model
+    from costmodel.estimate import build_instance
+    from costmodel.instance import Instance
+    from costmodel.ops import Batch
+    from costmodel.precision import precision
+
+    class OnePass(Instance):  # the same instance with the step taken as one balanced pass
+        def step_s(self, b: Batch):
+            return sum(self.breakdown(b.split(self.layout.pp)).values())
+
+    g = cluster("dgx-h100").groups[0]
+    four = build_instance(model("llama-3.1-70b"), Layout(pp=4), precision("bf16"), g, profile_for("h100-sxm"),
+                          engine("vllm"))
+    busy_only = OnePass(**{f.name: getattr(four, f.name) for f in fields(four)})
+    b = Batch(decode_seqs=np.array([64.0, 256.0]), decode_ctx=np.array([1000.0, 4000.0]))
+    step, busy = np.asarray(four.step_s(b)), np.asarray(busy_only.step_s(b))
+    assert np.all(step > 1.02 * busy)
+    idle = energy.power_model(four.acc, four.profile).idle_w
+    busy_w = np.asarray(energy.iteration_power_w(busy_only, b))
+    got = np.asarray(energy.iteration_power_w(four, b))
+    assert np.allclose(got, (busy_w * busy + idle * (step - busy)) / step) and np.all(got < busy_w)
+
+
 def test_prompt_only_kernels_pay_their_fixed_latency_per_prompt_carrying_step():
     """A mean-field step with a tenth of a prompt runs the prompt-only kernels one step in ten: their
     FLOPs and bytes are averaged already, so the fixed latency must be too."""
