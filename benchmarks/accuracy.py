@@ -1,7 +1,7 @@
 """Median absolute percentage error of `estimate` against measured serving runs.
 
     python benchmarks/accuracy.py [--data ../shared/data/serving/aiconfigurator_silicon_visible.csv]
-                                  [--systems h100_sxm,h200_sxm] [--kv auto|fp8]
+                                  [--systems h100_sxm,h200_sxm] [--kv measured|auto|fp8]
 
 Uses the agg (aggregated) rows whose model, system and precision the catalog knows. The
 baseline printed beside the model is a plain roofline (no efficiencies, no engine overhead,
@@ -33,7 +33,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT))
     ap.add_argument("--systems", default="h100_sxm,h200_sxm,b200_sxm,gb200")
-    ap.add_argument("--kv", default="auto", help="KV-cache dtype assumed for every row (auto = 16-bit)")
+    ap.add_argument("--kv", default="measured", choices=["measured", "auto", "fp8"],
+                    help="KV-cache dtype: measured = FP8 for the FP8 rows, 16-bit for the rest (see "
+                         "costmodel.calibration.silicon.kv_for); auto = 16-bit for every row; fp8 = FP8 for every row")
     args = ap.parse_args()
     systems = set(args.systems.split(","))
     rows = [r for r in load_rows(args.data) if r.system in systems and supported(r)]

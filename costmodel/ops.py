@@ -58,6 +58,9 @@ class Op:
     # carry a prompt chunk, so in a mean-field batch with a fraction of a prompt per step its fixed
     # latency is paid that fraction of the time (its FLOPs and bytes are already averaged).
     calls: Num = 1.0
+    # Work items of a decode-attention kernel, its (sequence x KV head) streams: each costs setup and
+    # a split-K reduction, and few of them cannot keep HBM busy (RooflineFit.item_ns, items_half).
+    items: Num = 0.0
 
 
 def _gemm(name: str, m: Num, n: float, k: float, prec: Precision, calls: Num = 1.0) -> Op:
@@ -101,9 +104,10 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
                       pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes, 2.0 * b.prefill_span,
                       family="mla_prefill", calls=prompt_only))
         ops.append(_gemm("q_absorb", dec, heads * m.kv_lora_rank, m.qk_nope_head_dim, prec))
+        # every head reads the one shared latent: a sequence is one work item
         ops.append(Op("attn_decode", "attn_decode",
                       2.0 * dec * b.decode_ctx * heads * (latent + m.kv_lora_rank),
-                      dec * b.decode_ctx * latent * kv_b, family="mla_decode"))
+                      dec * b.decode_ctx * latent * kv_b, family="mla_decode", items=dec))
         ops.append(_gemm("v_absorb", dec, heads * m.v_head_dim, m.kv_lora_rank, prec))
         ops.append(_gemm("o_proj", tokens, h, heads * m.v_head_dim, prec))
         return ops
@@ -119,8 +123,9 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
         _gemm("qkv_proj", tokens, (heads + 2 * kv_heads) * d, h, prec),
         Op("attn_prefill", "attn_prefill", 4.0 * pre * span * heads * d,
            pre * (heads + 2 * kv_heads) * d * prec.act_bytes * 2, 2.0 * span, calls=prompt_only),
+        # the KV read plus Q in and O out, as the fitted kernel rows count it
         Op("attn_decode", "attn_decode", 4.0 * dec * dec_ctx * heads * d,
-           dec * dec_ctx * 2 * kv_heads * d * kv_b),
+           dec * dec_ctx * 2 * kv_heads * d * kv_b + dec * heads * d * 2 * prec.act_bytes, items=dec * kv_heads),
         _gemm("o_proj", tokens, h, heads * d, prec),
     ]
 
@@ -205,12 +210,17 @@ def op_time_s(op: Op, acc: Accelerator, prec: Precision, prof: Profile) -> Num:
         fit = prof.attn_fit("prefill" if op.kind == "attn_prefill" else "decode", prec.kv)
         peak = acc.flops("bf16")
     compute = op.flops / (peak * fit.compute(op.m, op.k)) * prof.compute_scale
-    memory = op.bytes / (acc.hbm_gbps * 1e9 * fit.memory(op.bytes)) * prof.memory_scale
+    memory = op.bytes / (acc.hbm_gbps * 1e9 * fit.memory(op.bytes, op.items)) * prof.memory_scale
     active = np.where(np.asarray(op.flops + op.bytes) > 0, op.calls, 0.0)
-    t = np.maximum(compute, memory) + active * fit.t0_us * 1e-6 * prof.fixed_scale
+    t = np.maximum(compute, memory) + active * fit.t0_us * 1e-6 * prof.fixed_scale + fit.items_s(op.items)
     if op.family:
         extra = active * prof.family_t0_us.get(op.family, 0.0) * 1e-6
         t = t * prof.family_scale.get(op.family, 1.0) + extra
     if op.kind == "moe":
         return t * prof.moe_scale
-    return t * prof.attention_scale if op.kind in ("attn_prefill", "attn_decode") else t
+    # Prefill and decode attention have separate multipliers: with its per-work-item cost the decode kernel
+    # fit predicts the public engines' decode steps unscaled (one shared multiplier was fitted to 0.3-0.45,
+    # dragging prefill along), while the torch runner's gathered-cache decode needs its own.
+    if op.kind == "attn_prefill":
+        return t * prof.attention_scale
+    return t * prof.decode_attention_scale if op.kind == "attn_decode" else t

@@ -103,10 +103,11 @@ def test_fit_runner_recovers_the_runner_tuning_that_timed_its_iterations() -> No
 
     group = cluster("dgx-h100").groups[0]
     base = profile_for("h100-sxm").model_copy(update={"engines": {}})
-    truth = EngineTuning(attention_scale=1.6, fixed_scale=3.0, iteration_overhead_ms=0.8, per_seq_overhead_us=120.0)
+    truth = EngineTuning(decode_attention_scale=1.6, fixed_scale=3.0, iteration_overhead_ms=0.8,
+                         per_seq_overhead_us=120.0)
     fit = fit_runner(_runs(group, base, truth), group, base)
     t = fit.tuning
-    assert t.attention_scale == pytest.approx(1.6, rel=0.05) and t.fixed_scale == pytest.approx(3.0, rel=0.05)
+    assert t.decode_attention_scale == pytest.approx(1.6, rel=0.05) and t.fixed_scale == pytest.approx(3.0, rel=0.05)
     assert t.iteration_overhead_ms == pytest.approx(0.8, rel=0.05)
     assert t.per_seq_overhead_us == pytest.approx(120, rel=0.05)
     assert t.compute_scale == t.memory_scale == 1.0  # held: see planner.calibrate.overhead

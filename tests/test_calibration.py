@@ -60,13 +60,36 @@ def test_fp8_gemm_fit_has_no_small_or_mid_shape_bias():
 
 @pytest.mark.parametrize("name, shapes, dependent, tolerance", [
     ("context_attention", context_attention_shapes, True, 20.0),
-    ("generation_attention", generation_attention_shapes, False, 30.0),
+    ("generation_attention", generation_attention_shapes, False, 15.0),
 ])
 def test_attention_fits_predict_held_aside_rows(name, shapes, dependent, tolerance):
     acc = accelerator("h100-sxm")
     df = pd.read_csv(H100 / f"{name}.csv.gz")
     df = df[df.kv_cache_dtype == "bfloat16"].sample(5000, random_state=0)
     assert _held_aside(shapes(df), acc, "bf16", dependent) < tolerance
+
+
+@pytest.mark.parametrize("system", ["h100_sxm", "h200_sxm"])
+@pytest.mark.parametrize("kv", ["bfloat16", "fp8"])
+def test_decode_attention_fit_has_no_bias_by_kv_read_size(system, kv):
+    """Every 5th measured row is kept out of the fit; in each band of bytes per call (<10 MB, 10-100 MB,
+    >100 MB) the kept-out rows are predicted within 20% median APE and 10% median bias. With the
+    saturating bytes ramp alone (no per-work-item cost or work-item ramp) the 10-100 MB rows came out
+    0.72-0.89x and the >100 MB ones 1.3-2.2x what was measured (41-121% median APE)."""
+    acc = accelerator(system.replace("_", "-"))
+    df = pd.read_csv(H100.parent / system / "generation_attention.csv.gz")
+    shapes = generation_attention_shapes(df[df.kv_cache_dtype == kv])
+    test = np.arange(len(shapes.seconds)) % 5 == 0
+    peak, bw = acc.flops("bf16"), acc.hbm_gbps * 1e9
+    fit, _ = fit_family(_subset(shapes, ~test), peak, bw, shape_dependent=False)
+    held = _subset(shapes, test)
+    ratio = roofline_s(fit, held, peak, bw) / held.seconds
+    band = np.digitize(held.bytes, [10e6, 100e6])
+    for b in range(3):
+        r = ratio[band == b]
+        assert len(r) > 100, b
+        assert np.median(np.abs(r - 1)) < 0.20, (b, np.median(np.abs(r - 1)))
+        assert abs(np.median(r) - 1) < 0.10, (b, np.median(r))
 
 
 def test_all_reduce_fit_predicts_held_aside_sizes_within_15_percent():
@@ -116,4 +139,5 @@ def test_end_to_end_error_on_measured_serving_rows(silicon_csv):
     rows = [r for r in load_rows(silicon_csv) if r.system in ("h100_sxm", "h200_sxm") and supported(r)]
     _, overall = errors(rows)
     assert overall.rows > 900
-    assert overall.tpot_mape < 12 and overall.ttft_mape < 25  # measured 10.1% / 22.2% with the shipped profiles
+    # the issue's TPOT target (<= 10%) holds; TTFT is guarded near today's 21.7% (target 20%)
+    assert overall.tpot_mape <= 10 and overall.ttft_mape < 23  # measured 8.6% / 21.7% with the shipped profiles

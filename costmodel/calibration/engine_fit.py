@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from costmodel.calibration.profile import EngineTuning, Profile
-from costmodel.calibration.silicon import Row, ape, predict
+from costmodel.calibration.silicon import AS_MEASURED, Row, ape, predict
 
 # (name, initial, lower, upper): the tuning's free parameters
 PARAMS = (
@@ -38,15 +38,17 @@ PARAMS = (
 TTFT_WEIGHT = 1.0
 
 
-def tuning_from(x: Sequence[float], fitted_on: str = "") -> EngineTuning:
-    return EngineTuning(**{name: float(v) for (name, *_), v in zip(PARAMS, x, strict=True)}, fitted_on=fitted_on)
+def tuning_from(x: Sequence[float], fitted_on: str = "", kept: dict[str, float] | None = None) -> EngineTuning:
+    """The tuning of parameter vector `x`, with `kept` values of fields this fit does not vary."""
+    return EngineTuning(**{name: float(v) for (name, *_), v in zip(PARAMS, x, strict=True)}, **(kept or {}),
+                        fitted_on=fitted_on)
 
 
 def _tuned(profiles: dict[str, Profile], engine: str, t: EngineTuning) -> dict[str, Profile]:
     return {dev: p.model_copy(update={"engines": {**p.engines, engine: t}}) for dev, p in profiles.items()}
 
 
-def residuals(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = "auto") -> np.ndarray:
+def residuals(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = AS_MEASURED) -> np.ndarray:
     out = []
     for r in rows:
         e = predict(r, kv, profiles(r))
@@ -66,7 +68,7 @@ class EngineFit:
     heldout_mdape: tuple[float, float]
 
 
-def ratios(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = "auto") -> list[tuple[float, float]]:
+def ratios(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = AS_MEASURED) -> list[tuple[float, float]]:
     """(measured / predicted) TTFT and TPOT per row."""
     return [(r.ttft_ms / e.ttft_ms, r.tpot_ms / e.tpot_ms) for r in rows for e in [predict(r, kv, profiles(r))]]
 
@@ -90,7 +92,7 @@ def band(ratio: list[tuple[float, float]]) -> dict[str, tuple[float, float]]:
 
 
 def fit_engine(engine: str, rows: Sequence[Row], base: dict[str, Profile], device_of: Callable[[Row], str],
-               heldout: Sequence[str] = (), sample: int = 160, seed: int = 0, kv: str = "auto",
+               heldout: Sequence[str] = (), sample: int = 160, seed: int = 0, kv: str = AS_MEASURED,
                fixed: dict[str, float] | None = None) -> EngineFit:
     """Fit `engine`'s tuning on its rows outside the `heldout` groups (a seeded sample of them).
 
@@ -108,6 +110,8 @@ def fit_engine(engine: str, rows: Sequence[Row], base: dict[str, Profile], devic
         return lambda r: tuned[device_of(r)]
 
     fixed = fixed or {}
+    # pinned fields outside PARAMS (the torch runner's decode-attention multiplier) ride along unchanged
+    kept = {k: v for k, v in fixed.items() if k not in {p[0] for p in PARAMS}}
     free = [i for i, p in enumerate(PARAMS) if p[0] not in fixed]
     full = np.array([fixed.get(p[0], p[1]) for p in PARAMS])
 
@@ -118,15 +122,15 @@ def fit_engine(engine: str, rows: Sequence[Row], base: dict[str, Profile], devic
 
     x0 = full[free]
     lo, hi = np.array([PARAMS[i][2] for i in free]), np.array([PARAMS[i][3] for i in free])
-    sol = least_squares(lambda x: residuals(fit_rows, profiles_for(tuning_from(expand(x))), kv), x0,
+    sol = least_squares(lambda x: residuals(fit_rows, profiles_for(tuning_from(expand(x), kept=kept)), kv), x0,
                         bounds=(lo, hi), loss="soft_l1", f_scale=0.2, diff_step=0.02, max_nfev=60)
     x_final = expand(sol.x)
-    final = profiles_for(tuning_from(x_final))
+    final = profiles_for(tuning_from(x_final, kept=kept))
     train_ratio, test_ratio = ratios(train, final, kv), ratios(test, final, kv)
     train_err, test_err = mdape_of(train_ratio), mdape_of(test_ratio)
     note = (f"{len(train)} rows of {engine} (H100/H200 agg, visible silicon file); held out "
             f"{', '.join(heldout) or 'none'}: TTFT/TPOT MdAPE {test_err[0]:.1f}%/{test_err[1]:.1f}%")
     if fixed:
         note += f"; pinned {', '.join(f'{k}={v:.3g}' for k, v in fixed.items())}"
-    tuning = tuning_from(x_final, note).model_copy(update={"error_band": band(train_ratio + test_ratio)})
+    tuning = tuning_from(x_final, note, kept).model_copy(update={"error_band": band(train_ratio + test_ratio)})
     return EngineFit(engine, tuning, len(train), tuple(heldout), train_err, test_err)

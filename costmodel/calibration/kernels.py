@@ -34,31 +34,41 @@ PEAK_DTYPE = {"bf16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "int4": "bf16", 
 FOLDS = 5
 MIN_ROWS = 20
 FIT_PARAMS = 7  # free parameters of a roofline family fit (see _from_vector)
+ITEM_PARAMS = 2  # and of a family with work items: cost per item, items half-point
 STEP_US_MAX = 1e5  # bound on a collective's fitted per-step latency (us)
 
 
 @dataclass(frozen=True)
 class Shapes:
-    """What a roofline family needs per row: FLOPs, bytes, extent m, depth k, measured seconds."""
+    """What a roofline family needs per row: FLOPs, bytes, extent m, depth k, measured seconds, and
+    work items (decode attention's sequence x KV head streams; 0 = the family has none)."""
 
     flops: np.ndarray
     bytes: np.ndarray
     m: np.ndarray
     seconds: np.ndarray
     k: np.ndarray | float = 0.0
+    items: np.ndarray | float = 0.0
 
 
 def roofline_s(fit: RooflineFit, s: Shapes, peak: float, bw: float) -> np.ndarray:
-    memory = s.bytes / (bw * fit.memory(s.bytes))
-    return np.maximum(s.flops / (peak * fit.compute(s.m, s.k)), memory) + fit.t0_us * 1e-6
+    memory = s.bytes / (bw * fit.memory(s.bytes, s.items))
+    return np.maximum(s.flops / (peak * fit.compute(s.m, s.k)), memory) + fit.t0_us * 1e-6 + fit.items_s(s.items)
 
 
 def _from_vector(x: np.ndarray, shape_dependent: bool, depth: bool) -> RooflineFit:
-    # half-points are searched on a log10 scale: they span orders of magnitude
+    # half-points are searched on a log10 scale: they span orders of magnitude; a vector longer
+    # than FIT_PARAMS carries the work-item terms
+    items = len(x) > FIT_PARAMS
     return RooflineFit(compute_eff=float(x[0]), m_half=float(10 ** x[1]) if shape_dependent else 0.0,
                        mem_eff=float(x[2]), t0_us=float(x[3]), bytes_half=float(10 ** x[4]),
                        k_half=float(10 ** x[5]) if depth else 0.0,
-                       m_power=float(x[6]) if shape_dependent else 1.0)
+                       m_power=float(x[6]) if shape_dependent else 1.0,
+                       item_ns=float(x[7]) if items else 0.0, items_half=float(10 ** x[8]) if items else 0.0)
+
+
+def _has_items(s: Shapes) -> bool:
+    return isinstance(s.items, np.ndarray)
 
 
 def _solve(s: Shapes, peak: float, bw: float, shape_dependent: bool) -> RooflineFit:
@@ -67,10 +77,13 @@ def _solve(s: Shapes, peak: float, bw: float, shape_dependent: bool) -> Roofline
     def residual(x: np.ndarray) -> np.ndarray:
         return np.log(roofline_s(_from_vector(x, shape_dependent, depth), s, peak, bw) / s.seconds)
 
-    x0 = np.array([0.7, 3.0, 0.8, 5.0, 5.0, 1.0, 1.0])
-    lo = np.array([0.02, 0.0, 0.02, 0.0, 0.0, -3.0, 0.3])
-    hi = np.array([1.5, 12.0, 1.5, 500.0, 10.0, 5.0, 4.0])
-    sol = least_squares(residual, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.1, max_nfev=400)
+    x0 = [0.7, 3.0, 0.8, 5.0, 5.0, 1.0, 1.0]
+    lo = [0.02, 0.0, 0.02, 0.0, 0.0, -3.0, 0.3]
+    hi = [1.5, 12.0, 1.5, 500.0, 10.0, 5.0, 4.0]
+    if _has_items(s):  # ns per item (the measured vLLM kernels: ~20), log10 of the items half-point
+        x0, lo, hi = [*x0, 20.0, 0.5], [*lo, 0.0, -2.0], [*hi, 1000.0, 5.0]
+    sol = least_squares(residual, np.array(x0), bounds=(np.array(lo), np.array(hi)), loss="soft_l1", f_scale=0.1,
+                        max_nfev=400)
     return _from_vector(sol.x, shape_dependent, depth)
 
 
@@ -80,7 +93,8 @@ def mdape(pred: np.ndarray, meas: np.ndarray) -> float:
 
 def _subset(s: Shapes, idx: np.ndarray) -> Shapes:
     k = s.k[idx] if isinstance(s.k, np.ndarray) else s.k
-    return Shapes(s.flops[idx], s.bytes[idx], s.m[idx], s.seconds[idx], k)
+    items = s.items[idx] if _has_items(s) else s.items
+    return Shapes(s.flops[idx], s.bytes[idx], s.m[idx], s.seconds[idx], k, items)
 
 
 def fit_family(s: Shapes, peak: float, bw: float, shape_dependent: bool = True, seed: int = 0,
@@ -98,7 +112,8 @@ def fit_family(s: Shapes, peak: float, bw: float, shape_dependent: bool = True, 
         test_s = _subset(s, test)
         held.append(np.abs(roofline_s(part, test_s, peak, bw) - test_s.seconds) / test_s.seconds)
     n = len(s.seconds)
-    if not held and n > FIT_PARAMS:  # too few rows for folds that leave MIN_ROWS to fit: leave one out at a time
+    params = FIT_PARAMS + (ITEM_PARAMS if _has_items(s) else 0)
+    if not held and n > params:  # too few rows for folds that leave MIN_ROWS to fit: leave one out at a time
         for i in range(n):
             rest = np.arange(n) != i
             part = _solve(_subset(s, rest), peak, bw, shape_dependent)
@@ -133,11 +148,12 @@ def context_attention_shapes(df: pd.DataFrame) -> Shapes:
 
 
 def generation_attention_shapes(df: pd.DataFrame) -> Shapes:
+    """Decode attention: the KV read plus Q in and O out; its work items are (sequence x KV head)."""
     b, h, kv, d = (df[c].to_numpy(float) for c in ("batch_size", "num_heads", "num_key_value_heads", "head_dim"))
     ctx = _keys(df["step"].to_numpy(float) + df["isl"].to_numpy(float), df["window_size"].to_numpy(float))
     kvb = df["kv_cache_dtype"].map(lambda x: BYTES[DTYPES[x]]).to_numpy(float)
     return Shapes(4.0 * b * ctx * h * d, b * ctx * 2 * kv * d * kvb + b * h * d * 2 * 2, np.ones_like(b),
-                  df["latency"].to_numpy(float) * 1e-3)
+                  df["latency"].to_numpy(float) * 1e-3, items=b * kv)
 
 
 def moe_shapes(df: pd.DataFrame, dtype: str) -> Shapes:

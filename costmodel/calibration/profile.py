@@ -20,14 +20,18 @@ PROFILES = Path(__file__).parent.parent / "data" / "profiles"
 
 
 class RooflineFit(BaseModel):
-    """t = max(FLOPs / (peak x compute_eff x ramp(m) x ramp(k)), bytes / (bw x mem_eff x ramp(B))) + t0
+    """t = max(FLOPs / (peak x compute_eff x ramp(m) x ramp(k)), bytes / (bw x mem_eff x ramp(B) x ramp(I)))
+          + t0 + I x item_ns
     with ramp(x) = x / (x + x_half) (in m: x^p / (x^p + x_half^p)).
 
     `m` is the op's parallel extent: output elements for a GEMM (rows x columns: too few output
     tiles leave SMs idle), prefill sequence length for attention, output elements per expert for
     fused MoE; `k` the reduction depth (shallow GEMMs are dominated by prologue/epilogue).
-    Small transfers do not saturate HBM, hence the ramp in bytes B. A zero half-point disables
-    that ramp.
+    Small transfers do not saturate HBM, hence the ramp in bytes B. `I` counts a decode-attention
+    kernel's work items, its (sequence x KV head) streams: each costs a fixed setup and split-K
+    reduction, and too few of them cannot keep HBM busy (the measured kernels stream 1 TB/s with 16
+    items on an H200, 4 TB/s with 256). A zero half-point or cost disables that term; ops that
+    carry no work items (I = 0) never see it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -39,6 +43,8 @@ class RooflineFit(BaseModel):
     mem_eff: float = Field(gt=0, le=1.5, description="Achieved fraction of HBM bandwidth.")
     bytes_half: float = Field(default=0.0, ge=0, description="Bytes at which bandwidth efficiency halves.")
     t0_us: float = Field(default=0.0, ge=0, description="Fixed latency per call (launch, tail).")
+    item_ns: float = Field(default=0.0, ge=0, description="Latency per work item (ns); 0 = no per-item term.")
+    items_half: float = Field(default=0.0, ge=0, description="Work items at which bandwidth efficiency halves.")
 
     def compute(self, m: float | np.ndarray, k: float | np.ndarray = 0.0) -> float | np.ndarray:
         eff = self.compute_eff
@@ -52,11 +58,19 @@ class RooflineFit(BaseModel):
             eff = eff * k / (k + self.k_half)
         return eff
 
-    def memory(self, nbytes: float | np.ndarray) -> float | np.ndarray:
-        if self.bytes_half <= 0:
-            return self.mem_eff
-        nbytes = np.maximum(nbytes, 1.0)
-        return self.mem_eff * nbytes / (nbytes + self.bytes_half)
+    def memory(self, nbytes: float | np.ndarray, items: float | np.ndarray = 0.0) -> float | np.ndarray:
+        eff = self.mem_eff
+        if self.bytes_half > 0:
+            nbytes = np.maximum(nbytes, 1.0)
+            eff = eff * nbytes / (nbytes + self.bytes_half)
+        if self.items_half > 0 and np.any(np.asarray(items) > 0):
+            items = np.asarray(items, dtype=float)
+            eff = eff * np.where(items > 0, items / (items + self.items_half), 1.0)
+        return eff
+
+    def items_s(self, items: float | np.ndarray) -> float | np.ndarray:
+        """Per-work-item time of `items` work items (seconds)."""
+        return items * self.item_ns * 1e-9
 
 
 class CommFit(BaseModel):
@@ -98,7 +112,10 @@ class EngineTuning(BaseModel):
     compute_scale: float = Field(default=1.0, gt=0, description="Multiplier on compute-bound op time.")
     memory_scale: float = Field(default=1.0, gt=0, description="Multiplier on memory-bound op time.")
     moe_scale: float = Field(default=1.0, gt=0, description="Multiplier on fused-MoE op time.")
-    attention_scale: float = Field(default=1.0, gt=0, description="Multiplier on attention-kernel time.")
+    attention_scale: float = Field(default=1.0, gt=0, description="Multiplier on prefill-attention kernel time.")
+    decode_attention_scale: float = Field(
+        default=1.0, gt=0, description="Multiplier on decode-attention kernel time (the torch runner's own; the "
+                                       "public engines' decode steps fit the kernel model unscaled).")
     fixed_scale: float = Field(default=1.0, ge=0, description="Multiplier on kernel fixed latency.")
     iteration_overhead_ms: float | None = Field(default=None, ge=0)
     per_seq_overhead_us: float | None = Field(default=None, ge=0)
@@ -163,7 +180,10 @@ class Profile(BaseModel):
     compute_scale: float = Field(default=1.0, gt=0, description="Active engine's multiplier on compute time.")
     memory_scale: float = Field(default=1.0, gt=0, description="Active engine's multiplier on memory time.")
     moe_scale: float = Field(default=1.0, gt=0, description="Active engine's multiplier on fused-MoE time.")
-    attention_scale: float = Field(default=1.0, gt=0, description="Active engine's multiplier on attention time.")
+    attention_scale: float = Field(default=1.0, gt=0,
+                                   description="Active engine's multiplier on prefill-attention time.")
+    decode_attention_scale: float = Field(default=1.0, gt=0,
+                                          description="Active engine's multiplier on decode-attention time.")
     fixed_scale: float = Field(default=1.0, ge=0, description="Active engine's multiplier on kernel fixed latency.")
     engines: dict[str, EngineTuning] = Field(default_factory=dict, description="Per-engine end-to-end tuning.")
     error_band: dict[str, tuple[float, float]] = Field(
@@ -198,7 +218,8 @@ class Profile(BaseModel):
         if t is None:
             return self
         update = {"compute_scale": t.compute_scale, "memory_scale": t.memory_scale, "moe_scale": t.moe_scale,
-                  "attention_scale": t.attention_scale, "fixed_scale": t.fixed_scale}
+                  "attention_scale": t.attention_scale, "decode_attention_scale": t.decode_attention_scale,
+                  "fixed_scale": t.fixed_scale}
         if t.error_band:
             update["error_band"] = t.error_band
         return self.model_copy(update=update)

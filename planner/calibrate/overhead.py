@@ -6,7 +6,7 @@ memory as in a served model. Inside the runner a layer's kernels also run betwee
 fits do not cover (norms, RoPE, KV-cache writes, masks: each a few microseconds of dispatch), its
 attention gathers every sequence's cache over the batch's longest context, and the iteration adds
 scheduling, embedding and sampling. Like a real engine's end-to-end tuning
-(`costmodel.calibration.engine_fit`), the fit finds the runner's multiplier on attention time and on
+(`costmodel.calibration.engine_fit`), the fit finds the runner's multiplier on decode-attention time and on
 the kernels' fixed latency (which carries the small ops' dispatch, layer by layer) and its overhead
 per iteration and per running sequence, by least squares on log(predicted / measured) mean
 iteration time of each one-replica-per-rank run: a TPOT is a mean iteration time, slow iterations
@@ -45,7 +45,7 @@ from hardware.specs import NodeGroup
 Log = Sequence[tuple[int, int, int, int, float]]  # decode seqs, prefill tokens, prompts, context sum, seconds
 # (name, initial, lower, upper) of the fitted runner parameters
 # (compute and memory scales stay 1: see the module doc)
-PARAMS = (("attention_scale", 1.0, 0.2, 5.0), ("fixed_scale", 1.0, 0.0, 100.0),
+PARAMS = (("decode_attention_scale", 1.0, 0.2, 5.0), ("fixed_scale", 1.0, 0.0, 100.0),
           ("iteration_overhead_ms", 1.0, 0.0, 50.0), ("per_seq_overhead_us", 10.0, 0.0, 2000.0))
 LOSS_SCALE = 0.1  # soft-L1 knee on log ratios: iterations more than ~10% off weigh less
 
