@@ -36,6 +36,7 @@ PARAMS = (
 # TTFT and TPOT weigh alike: at 0.5 the fit traded TTFT error for TPOT error that was already
 # within its target (H100 + H200 rows: TTFT 25.7% / TPOT 9.5% at 0.5, 23.7% / 9.9% at 1.0)
 TTFT_WEIGHT = 1.0
+TTFT_ONLY = ("closed_loop_wave", "ttft_overhead_ms")  # parameters that move TTFT and (next to) nothing else
 
 
 def tuning_from(x: Sequence[float], fitted_on: str = "", kept: dict[str, float] | None = None) -> EngineTuning:
@@ -48,13 +49,14 @@ def _tuned(profiles: dict[str, Profile], engine: str, t: EngineTuning) -> dict[s
     return {dev: p.model_copy(update={"engines": {**p.engines, engine: t}}) for dev, p in profiles.items()}
 
 
-def residuals(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = AS_MEASURED) -> np.ndarray:
+def residuals(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = AS_MEASURED,
+              with_tpot: bool = True) -> np.ndarray:
     out = []
     for r in rows:
         e = predict(r, kv, profiles(r))
         tpot = e.tpot_ms if math.isfinite(e.tpot_ms) else 1e6
         ttft = e.ttft_ms if math.isfinite(e.ttft_ms) else 1e7
-        out += [math.log(tpot / r.tpot_ms), TTFT_WEIGHT * math.log(ttft / r.ttft_ms)]
+        out += ([math.log(tpot / r.tpot_ms)] if with_tpot else []) + [TTFT_WEIGHT * math.log(ttft / r.ttft_ms)]
     return np.asarray(out)
 
 
@@ -74,11 +76,12 @@ def ratios(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = AS
 
 
 def mdape_of(ratio: list[tuple[float, float]]) -> tuple[float, float]:
-    """Median APE of TTFT and TPOT from measured/predicted ratios."""
+    """Median APE of TTFT and TPOT from measured/predicted ratios: |predicted - measured| / measured, as
+    benchmarks/accuracy.py counts it (a ratio r is a prediction of 1/r of the measurement)."""
     if not ratio:
         return (math.nan, math.nan)
-    return (statistics.median(ape(1.0, 1.0 / a) for a, _ in ratio),
-            statistics.median(ape(1.0, 1.0 / b) for _, b in ratio))
+    return (statistics.median(ape(1.0 / a, 1.0) for a, _ in ratio),
+            statistics.median(ape(1.0 / b, 1.0) for _, b in ratio))
 
 
 def band(ratio: list[tuple[float, float]]) -> dict[str, tuple[float, float]]:
@@ -125,6 +128,21 @@ def fit_engine(engine: str, rows: Sequence[Row], base: dict[str, Profile], devic
     sol = least_squares(lambda x: residuals(fit_rows, profiles_for(tuning_from(expand(x), kept=kept)), kv), x0,
                         bounds=(lo, hi), loss="soft_l1", f_scale=0.2, diff_step=0.02, max_nfev=60)
     x_final = expand(sol.x)
+    # Then the TTFT-only constants again, on every training row's TTFT alone: in the joint fit they share
+    # an 80-row sample with the kernel scales, which trade TTFT error for TPOT error (H100 + H200 rows:
+    # TTFT 21.7% / TPOT 8.6% without this step, 20.3% / 8.8% with it). A Cauchy loss here reached 18.3%
+    # overall but moved two of the three held-out groups 2-6 points the wrong way, so it is not used.
+    late = [i for i in free if PARAMS[i][0] in TTFT_ONLY]
+    if late:
+        def ttft_residuals(y: np.ndarray) -> np.ndarray:
+            x = x_final.copy()
+            x[late] = y
+            return residuals(train, profiles_for(tuning_from(x, kept=kept)), kv, with_tpot=False)
+
+        sol = least_squares(ttft_residuals, x_final[late], bounds=([PARAMS[i][2] for i in late],
+                                                                   [PARAMS[i][3] for i in late]),
+                            loss="soft_l1", f_scale=0.2, diff_step=0.02, max_nfev=30)
+        x_final[late] = sol.x
     final = profiles_for(tuning_from(x_final, kept=kept))
     train_ratio, test_ratio = ratios(train, final, kv), ratios(test, final, kv)
     train_err, test_err = mdape_of(train_ratio), mdape_of(test_ratio)
