@@ -122,8 +122,8 @@ class Server:
         dev = self.device
         slots = torch.tensor([r.slot for r in step.decode], dtype=torch.long, device=dev)
         lens = [self.spec.isl + r.generated for r in step.decode]
-        return StepMeta(slots, torch.tensor(lens, dtype=torch.long, device=dev),
-                        [(c.req.slot, c.start, c.n, c.emits) for c in step.chunks], max(lens, default=0))
+        return StepMeta(slots, torch.tensor(lens, dtype=torch.long, device=dev), max(lens, default=0),
+                        [(c.req.slot, c.start, c.n, c.emits) for c in step.chunks])
 
     def _ids(self, step: Step) -> torch.Tensor:
         parts = [torch.tensor([r.last_token for r in step.decode], dtype=torch.long)]

@@ -110,10 +110,10 @@ class StepMeta:
 
     dec_slots: torch.Tensor  # [B] KV-cache slot of each decoding sequence
     dec_lens: torch.Tensor  # [B] context length including the token being decoded
+    # the longest of dec_lens, known on the host: read from the device tensor it cost a device sync in
+    # every layer, so the GPU could never run ahead of the launches
+    dec_span: int
     chunks: list[tuple[int, int, int, bool]] = field(default_factory=list)  # (slot, start, n, emits a token)
-    # the longest of dec_lens, known on the host: read from the device tensor, every layer waited for
-    # the GPU (one sync a layer made an 8B model's decode step on an H100 launch-bound, 4x its kernels)
-    dec_span: int = 0
 
     @property
     def n_dec(self) -> int:
@@ -150,7 +150,7 @@ class StepMeta:
         b, p = n_dec, n_chunks
         cols = [vals[2 * b + i * p: 2 * b + (i + 1) * p] for i in range(4)]
         chunks = [(s, st, n, bool(e)) for s, st, n, e in zip(*cols, strict=True)]
-        return StepMeta(t[:b].to(device), t[b:2 * b].to(device), chunks, max(vals[b:2 * b], default=0))
+        return StepMeta(t[:b].to(device), t[b:2 * b].to(device), max(vals[b:2 * b], default=0), chunks)
 
 
 class Block(nn.Module):
