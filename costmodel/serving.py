@@ -11,7 +11,8 @@ TTFT = wait for admission (KV cache or `max_num_seqs` full: Little's law on the 
 outside) + half an iteration to the next boundary + the prompt's own prefill + the share of its
 closed-loop wave it waits behind, or, in an open loop, M/D/1 queueing on the instance's capacity.
 Closed-loop clients with fixed lengths stay in step, so a share of the prompts (the engine
-constant `closed_loop_wave`, fitted) arrives in bursts: those lengthen TTFT instead of TPOT.
+constant `closed_loop_wave`, fitted) arrives in bursts: half of a burst's prefill lengthens TTFT,
+the other half the decode steps of the burst's members that already have their first token.
 """
 
 from __future__ import annotations
@@ -86,25 +87,27 @@ def closed_loop(inst: Instance, isl: int, osl: int, clients: int, running_cap: i
     budget = budget or inst.engine.max_num_batched_tokens
     n = float(min(clients, running_cap))
     x = prompt_prefill_s(inst, isl, budget)
-    # A share `w` of the prompts arrive in lock-step waves: they wait behind their wave's other
-    # prompts (TTFT) but are prefilled while the wave is not yet decoding, so they do not slow
-    # its decode steps; the rest arrive spread out and ride along in decode iterations (TPOT).
+    # A share `w` of the prompts arrive in lock-step waves. A wave's prefill is split between its
+    # members' TTFT and their decode: on average a member waits behind half the rest of its wave, and
+    # the other half is prefilled in iterations it already decodes in (which run slower). The rest of
+    # the prompts arrive spread out, and all of their prefill rides along in decode iterations (TPOT).
     w = inst.engine.closed_loop_wave
     wave = w * (n - 1) / 2 * x
+    riding = 1 - w / 2  # share of the prompts' prefill that runs inside decode iterations
 
     def pre(t: np.ndarray) -> np.ndarray:
         return 1.5 * t + x + wave
 
     def g(t: np.ndarray) -> np.ndarray:
         lam = n / (pre(t) + (osl - 1) * t)
-        return _mixed_step(inst, lam * (osl - 1) * t, (1 - w) * lam * isl * t, isl, osl)
+        return _mixed_step(inst, lam * (osl - 1) * t, riding * lam * isl * t, isl, osl)
 
     tpot = fixed_point(g, 0.5 * float(inst.decode_s(1.0, isl + osl / 2)))
     ttft = float(pre(np.asarray(tpot)))
     lam = n / (ttft + (osl - 1) * tpot)
     queue = max(clients - n, 0.0) / lam
     return Steady(ttft_s=queue + ttft + inst.engine.ttft_overhead_ms * 1e-3, tpot_s=tpot, requests_per_s=lam,
-                  decode_batch=lam * (osl - 1) * tpot, prefill_tokens_per_step=(1 - w) * lam * isl * tpot, admitted=n,
+                  decode_batch=lam * (osl - 1) * tpot, prefill_tokens_per_step=riding * lam * isl * tpot, admitted=n,
                   queue_s=queue, osl=osl)
 
 

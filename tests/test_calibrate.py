@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from costmodel.calibration.fit import save_profile
 from costmodel.calibration.kernels import fit_kernels
@@ -14,6 +16,7 @@ from costmodel.calibration.profile import profile_for
 from hardware.catalog import cluster
 from hardware.local import cluster_path, profile_path
 from planner.api import estimate
+from planner.calibrate.measure import timed
 from planner.cli import main
 
 AIC_COLUMNS = {  # the columns of ../shared/data/ops/h100_sxm/*.csv.gz that costmodel.calibration.kernels reads
@@ -156,3 +159,19 @@ def test_a_slow_host_link_fits_inside_the_collective_bounds() -> None:
     seconds = 2 * 400e-6 + size / 3e9 + 30e-6  # all-reduce over 2 ranks: 400 us per step, as loopback TCP
     fit, err = fit_collective(size, n, seconds, "all_reduce", 3.0, 400.0)
     assert fit.step_us == pytest.approx(400.0, rel=0.1) and err.train_mdape < 5.0
+
+
+def test_timed_rounds_make_the_calls_one_timed_call_says_fill_the_round() -> None:
+    """A GPU queues launched calls, so a round that called until `min_s` had passed queued far more work
+    than `min_s`: each round's count is now fixed from one synchronised call before the rounds."""
+    made: list[int] = []
+
+    def call(i: int) -> None:
+        made.append(i)
+        time.sleep(0.002)
+
+    per_call = timed(call, reps=3, dev=torch.device("cpu"), min_s=0.01)
+    assert made == list(range(len(made)))  # a warm-up call, a sizing call, then the rounds, each index once
+    rounds = len(made) - 2
+    assert rounds % 3 == 0 and 1 <= rounds // 3 <= 5  # 10 ms of 2+ ms calls, the same count every round
+    assert 0.002 <= per_call < 0.01

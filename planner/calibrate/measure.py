@@ -9,6 +9,7 @@ and collective number is the fastest of `reps` timed rounds after a warm-up call
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ SERVING_LLAMA = {"model_type": "llama", "hidden_size": 256, "num_attention_heads
                  "intermediate_size": 512, "tie_word_embeddings": True}
 SERVING_SHAPES = ((1, 32768), (3, 16384), (2, 32768))  # (layers, vocabulary)
 MAX_COPIES = 1024
+MAX_CALLS = 1000  # per timing round: a call of a few microseconds needs no more to fill one
 
 
 def serving_models() -> list[ModelSpec]:
@@ -54,29 +56,33 @@ def _sync(dev: torch.device) -> None:
 
 
 def timed(fn: Callable[[int], Any], reps: int, dev: torch.device, min_s: float = 0.0, calls: int = 1) -> float:
-    """The fastest of `reps` rounds, in mean seconds per call of `fn(i)`; each round calls it (with
-    i = 0, 1, 2, ...) until `min_s` has passed, or `calls` times (collectives: every rank must make
-    the same calls), after one warm-up call.
+    """The fastest of `reps` rounds, in mean seconds per call of `fn(i)`; each round makes as many calls
+    (with i = 0, 1, 2, ...) as one timed call says fill `min_s`, or `calls` (collectives: every rank must
+    make the same calls), after one warm-up call.
 
     A round averages over many calls and over a rotation through weight copies (`fn(i)` picks copy
     i), so weights come from memory rather than a warm cache, as they do in a whole model. Other
     processes on a shared machine only ever add time, so the fastest round is the device's own
-    speed (`planner verify` keeps the best of its rounds too).
+    speed (`planner verify` keeps the best of its rounds too). The count is fixed before a round
+    instead of calling until `min_s` has passed, because a GPU runs calls after they are launched:
+    launching for 10 ms queued about a thousand calls, and the full H200 sweep's large GEMMs took
+    15-28 s a shape instead of a fraction of a second.
     """
     fn(0)
     _sync(dev)
-    out, i = [], 1
+    if min_s > 0:
+        t = time.perf_counter()
+        fn(1)
+        _sync(dev)
+        calls = max(1, min(MAX_CALLS, math.ceil(min_s / max(time.perf_counter() - t, 1e-9))))
+    out, i = [], 2
     for _ in range(reps):
         t = time.perf_counter()
-        made = 0
-        while True:
+        for _ in range(calls):
             fn(i)
             i += 1
-            made += 1
-            if (min_s > 0 and time.perf_counter() - t >= min_s) or (min_s <= 0 and made >= calls):
-                break
         _sync(dev)
-        out.append((time.perf_counter() - t) / made)
+        out.append((time.perf_counter() - t) / calls)
     return min(out)
 
 
