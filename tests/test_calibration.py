@@ -1,6 +1,7 @@
 """Fitted cost-model families against measured rows they were not fitted on, and the profiles."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from costmodel.calibration.kernels import (
     roofline_s,
 )
 from costmodel.calibration.profile import Profile, profile_for, shipped
-from costmodel.calibration.silicon import errors, load_rows, supported
+from costmodel.calibration.silicon import errors, load_rows, predict, supported
 from hardware import accelerator
 from planner import estimate
 
@@ -139,8 +140,8 @@ def test_end_to_end_error_on_measured_serving_rows(silicon_csv):
     rows = [r for r in load_rows(silicon_csv) if r.system in ("h100_sxm", "h200_sxm") and supported(r)]
     _, overall = errors(rows)
     assert overall.rows > 900
-    # the issue's TPOT target (<= 10%) holds; TTFT is guarded near today's 20.3% (target 20%)
-    assert overall.tpot_mape <= 10 and overall.ttft_mape < 21.5  # measured 8.8% / 20.3% with the shipped profiles
+    # the issue's targets (TPOT <= 10%, TTFT <= 20%) hold overall
+    assert overall.tpot_mape <= 10 and overall.ttft_mape <= 20  # measured 9.1% / 17.4% with the shipped profiles
 
 
 def test_engine_fit_reports_error_as_the_accuracy_benchmark_counts_it():
@@ -151,3 +152,25 @@ def test_engine_fit_reports_error_as_the_accuracy_benchmark_counts_it():
 
     assert mdape_of([(2.0, 0.5)]) == (pytest.approx(50.0), pytest.approx(100.0))
     assert mdape_of([(1.25, 0.8), (1.0, 1.0), (0.5, 2.0)]) == (pytest.approx(20.0), pytest.approx(25.0))
+
+
+def test_ttft_constants_minimise_the_median_error_and_recover_known_ones(silicon_csv):
+    """Rows whose TTFT was produced by a known wave share and overhead give those constants back, and a
+    pinned wave share stays pinned while the overhead is fitted around it."""
+    from costmodel.calibration.engine_fit import median_ttft_constants
+
+    rows = [r for r in load_rows(silicon_csv) if r.system == "h100_sxm" and r.backend == "vllm" and supported(r)]
+    rows = rows[::max(1, len(rows) // 6)][:6]
+    base = profile_for("h100-sxm")
+    tuning = base.engines["vllm"]
+
+    def at(wave: float, overhead: float = 0.0):
+        p = base.model_copy(update={"engines": {"vllm": tuning.model_copy(
+            update={"closed_loop_wave": wave, "ttft_overhead_ms": overhead})}})
+        return lambda r: p
+
+    truth = [replace(r, ttft_ms=predict(r, profile=at(0.3, 42.0)(r)).ttft_ms) for r in rows]
+    wave, overhead = median_ttft_constants(truth, at)
+    assert wave == pytest.approx(0.3, abs=0.021) and overhead == pytest.approx(42.0, abs=1.0)
+    pinned, around = median_ttft_constants(truth, at, wave=0.0)
+    assert pinned == 0.0 and around > 42.0  # no wave left: the overhead stands in for part of it

@@ -36,7 +36,10 @@ PARAMS = (
 # TTFT and TPOT weigh alike: at 0.5 the fit traded TTFT error for TPOT error that was already
 # within its target (H100 + H200 rows: TTFT 25.7% / TPOT 9.5% at 0.5, 23.7% / 9.9% at 1.0)
 TTFT_WEIGHT = 1.0
-TTFT_ONLY = ("closed_loop_wave", "ttft_overhead_ms")  # parameters that move TTFT and (next to) nothing else
+TTFT_ONLY = ("closed_loop_wave", "ttft_overhead_ms")  # fitted on TTFT alone (the wave share moves TPOT only a little)
+WAVE, OVERHEAD = (next(i for i, p in enumerate(PARAMS) if p[0] == name) for name in TTFT_ONLY)
+WAVE_GRID = np.linspace(PARAMS[WAVE][2], PARAMS[WAVE][3], 51)
+OVERHEAD_GRID_MS = np.arange(PARAMS[OVERHEAD][2], PARAMS[OVERHEAD][3] + 0.5, 1.0)
 
 
 def tuning_from(x: Sequence[float], fitted_on: str = "", kept: dict[str, float] | None = None) -> EngineTuning:
@@ -49,15 +52,34 @@ def _tuned(profiles: dict[str, Profile], engine: str, t: EngineTuning) -> dict[s
     return {dev: p.model_copy(update={"engines": {**p.engines, engine: t}}) for dev, p in profiles.items()}
 
 
-def residuals(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = AS_MEASURED,
-              with_tpot: bool = True) -> np.ndarray:
+def residuals(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str = AS_MEASURED) -> np.ndarray:
     out = []
     for r in rows:
         e = predict(r, kv, profiles(r))
         tpot = e.tpot_ms if math.isfinite(e.tpot_ms) else 1e6
         ttft = e.ttft_ms if math.isfinite(e.ttft_ms) else 1e7
-        out += ([math.log(tpot / r.tpot_ms)] if with_tpot else []) + [TTFT_WEIGHT * math.log(ttft / r.ttft_ms)]
+        out += [math.log(tpot / r.tpot_ms), TTFT_WEIGHT * math.log(ttft / r.ttft_ms)]
     return np.asarray(out)
+
+
+def median_ttft_constants(rows: Sequence[Row], profiles_at: Callable[[float], Callable[[Row], Profile]],
+                          kv: str = AS_MEASURED, wave: float | None = None,
+                          overhead_ms: float | None = None) -> tuple[float, float]:
+    """The closed-loop wave share and TTFT overhead (each, unless given) whose predictions have the least
+    median absolute percentage error of TTFT on `rows`; `profiles_at(wave)` gives the profiles with that
+    wave share and no TTFT overhead. The overhead only adds to every TTFT, so each wave share costs one
+    prediction per row and every overhead on the grid is scored from it at once."""
+    measured = np.array([r.ttft_ms for r in rows])
+    overheads = OVERHEAD_GRID_MS if overhead_ms is None else np.array([overhead_ms])
+    best = (math.inf, 0.0, 0.0)
+    for w in WAVE_GRID if wave is None else (wave,):
+        profiles = profiles_at(float(w))
+        base = np.array([predict(r, kv, profiles(r)).ttft_ms for r in rows])
+        err = np.median(np.abs(base[None, :] + overheads[:, None] - measured) / measured, axis=1)
+        j = int(np.argmin(err))
+        if err[j] < best[0]:
+            best = (float(err[j]), float(w), float(overheads[j]))
+    return best[1], best[2]
 
 
 @dataclass(frozen=True)
@@ -129,20 +151,22 @@ def fit_engine(engine: str, rows: Sequence[Row], base: dict[str, Profile], devic
                         bounds=(lo, hi), loss="soft_l1", f_scale=0.2, diff_step=0.02, max_nfev=60)
     x_final = expand(sol.x)
     # Then the TTFT-only constants again, on every training row's TTFT alone: in the joint fit they share
-    # an 80-row sample with the kernel scales, which trade TTFT error for TPOT error (H100 + H200 rows:
-    # TTFT 21.7% / TPOT 8.6% without this step, 20.3% / 8.8% with it). A Cauchy loss here reached 18.3%
-    # overall but moved two of the three held-out groups 2-6 points the wrong way, so it is not used.
+    # an 80-row sample with the kernel scales, which trade TTFT error for TPOT error. They minimise the
+    # training rows' TTFT MdAPE itself, the metric the accuracy table reports, over a grid. Least squares
+    # on log errors, even with a robust loss, let the groups whose TTFT no constant describes pull both
+    # constants: on H100 + H200 rows TTFT 20.6% -> 17.4% (TPOT 8.7% -> 9.1%), held-out TensorRT-LLM
+    # 21.2% -> 13.7% and vLLM 18.9% -> 18.4%; SGLang's held-out 27.3% -> 32.3% (its training rows are
+    # two MoE families, and no constants reach 22.6% on that group, fitted on itself).
     late = [i for i in free if PARAMS[i][0] in TTFT_ONLY]
     if late:
-        def ttft_residuals(y: np.ndarray) -> np.ndarray:
+        def at(wave: float) -> Callable[[Row], Profile]:
             x = x_final.copy()
-            x[late] = y
-            return residuals(train, profiles_for(tuning_from(x, kept=kept)), kv, with_tpot=False)
+            x[WAVE], x[OVERHEAD] = wave, 0.0
+            return profiles_for(tuning_from(x, kept=kept))
 
-        sol = least_squares(ttft_residuals, x_final[late], bounds=([PARAMS[i][2] for i in late],
-                                                                   [PARAMS[i][3] for i in late]),
-                            loss="soft_l1", f_scale=0.2, diff_step=0.02, max_nfev=30)
-        x_final[late] = sol.x
+        x_final[WAVE], x_final[OVERHEAD] = median_ttft_constants(
+            train, at, kv, wave=None if WAVE in late else float(x_final[WAVE]),
+            overhead_ms=None if OVERHEAD in late else float(x_final[OVERHEAD]))
     final = profiles_for(tuning_from(x_final, kept=kept))
     train_ratio, test_ratio = ratios(train, final, kv), ratios(test, final, kv)
     train_err, test_err = mdape_of(train_ratio), mdape_of(test_ratio)
