@@ -76,8 +76,8 @@ def residuals(rows: Sequence[Row], profiles: Callable[[Row], Profile], kv: str =
 
 
 def fit_ttft_constants(rows: Sequence[Row], profiles_at: Callable[[float], Callable[[Row], Profile]],
-                          kv: str = AS_MEASURED, wave: float | None = None,
-                          overhead_ms: float | None = None) -> tuple[float, float]:
+                       kv: str = AS_MEASURED, wave: float | None = None,
+                       overhead_ms: float | None = None) -> tuple[float, float]:
     """The closed-loop wave share and TTFT overhead (each, unless given) whose predictions have the least
     central absolute percentage error of TTFT on `rows` (`central_error`, the median smoothed);
     `profiles_at(wave)` gives the profiles with that wave share and no TTFT overhead. The overhead only
@@ -90,9 +90,11 @@ def fit_ttft_constants(rows: Sequence[Row], profiles_at: Callable[[float], Calla
     for w in WAVE_GRID if wave is None else (wave,):
         profiles = profiles_at(float(w))
         base = np.array([predict(r, kv, profiles(r)).ttft_ms for r in rows])
-        exact = np.clip(measured - base, lo, hi)
-        overheads = np.array([overhead_ms]) if overhead_ms is not None else \
-            np.unique(np.r_[OVERHEAD_GRID_MS, exact[np.isfinite(exact)]])
+        if overhead_ms is None:
+            exact = np.clip(measured - base, lo, hi)
+            overheads = np.unique(np.r_[OVERHEAD_GRID_MS, exact[np.isfinite(exact)]])
+        else:
+            overheads = np.array([overhead_ms])
         err = central_error(np.abs(base[None, :] + overheads[:, None] - measured) / measured)
         j = int(np.argmin(err))
         if err[j] < best[0]:
