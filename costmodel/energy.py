@@ -286,8 +286,9 @@ def iteration_power_w(inst: Instance, b: Batch) -> Num:
         energy = energy + t * p
         seconds = seconds + t
     # every device runs pp micro-batches of its stage per iteration: together they are busy for one
-    # pass (`seconds`) out of each step, and wait the rest at idle
-    step = np.maximum(inst.step_s(b), seconds)
+    # pass (`seconds`) out of each step, and wait the rest at idle; without stages the step is that pass
+    # (`step_s` would sum the same breakdown again)
+    step = np.maximum(inst.step_s(b), seconds) if inst.layout.pp > 1 else seconds
     energy = energy + (step - seconds) * pm.idle_w
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(np.asarray(step) > 0, energy / np.maximum(step, TINY_S), pm.idle_w)
