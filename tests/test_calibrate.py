@@ -67,6 +67,8 @@ def test_quick_calibration_measures_this_machine(tmp_path: Path, monkeypatch: py
         df = pd.read_csv(kernels / name)
         assert cols <= set(df.columns) and len(df) > 0 and (df["latency"] > 0).all(), name
     fits = fit_kernels(kernels, acc, here.groups[0].scaleup.gbps, 50.0)  # the files read back as kernel data
+    logs = pd.read_csv(kernels / "serving.csv")  # the runner's iterations, every mode and rank
+    assert set(logs["mode"]) == {"dp", "tp"} and set(logs["rank"]) == {0, 1} and (logs["seconds"] > 0).all()
     assert "bf16" in fits.gemm and "bf16" in fits.attn_decode and "all_to_all" in fits.comm
 
 

@@ -3,7 +3,8 @@
 1. `measure_worker` runs in one process per local device (`planner.verify.launch`).
 2. The ranks' timings (median over ranks per shape) are written in the AIConfigurator per-kernel
    columns `costmodel.calibration.kernels` reads: gemm.csv, context_attention.csv,
-   generation_attention.csv, moe.csv, nccl.csv; plus send_recv.csv (Vidur columns) and memory.csv.
+   generation_attention.csv, moe.csv, nccl.csv; plus send_recv.csv (Vidur columns), memory.csv and
+   serving.csv (the runner's iteration logs).
 3. The machine is described from what was measured (peak = the best GEMM rate of the sweep, memory
    bandwidth = a large copy, link = the send/recv fit) as `--cluster local`.
 4. `fit_profile(group, kernels_dir, trust="measured-here")` fits the efficiencies; the send/recv fit,
@@ -33,7 +34,7 @@ from hardware.catalog import accelerator as catalog_accelerator
 from hardware.catalog import resolve
 from hardware.loading import write_atomic
 from hardware.specs import Cluster, Link, NodeGroup
-from planner.calibrate.measure import Job, measure_worker, serving_models, steps
+from planner.calibrate.measure import SERVING_SHAPES, Job, measure_worker, serving_models, steps
 from planner.calibrate.overhead import error_band, fit_runner, fit_runner_all_reduce, for_every_engine
 from planner.calibrate.sweep import Sweep, for_device
 from planner.verify.launch import launch
@@ -98,6 +99,11 @@ def write_kernels(folder: Path, results: list[dict[str, Any]], device_name: str,
                [[size, 2, world, t * 1e3] for size, t in p2p])
     _write(folder / "memory.csv", ["device", "rank", "copy_bytes", "gbps"],
            [[lead[2], i, r.get("copy_bytes", ""), r["copy_gbps"]] for i, r in enumerate(results)])
+    # the runner's iteration logs, kept so its tuning can be refitted or inspected without re-measuring
+    _write(folder / "serving.csv", ["mode", "rank", "run", "layers", "vocab", "isl", "decode_seqs", "prefill_tokens",
+                                    "prompts", "context_sum", "seconds"],
+           [[mode, rank, k, *SERVING_SHAPES[i], isl, *it] for rank, r in enumerate(results)
+            for mode, logs in r["serving"].items() for k, (i, isl, log) in enumerate(logs) for it in log])
 
 
 def _line(size: np.ndarray, sec: np.ndarray) -> tuple[float, float]:
