@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -207,29 +206,6 @@ def _collectives(job: Job, rank: int, world: int, dev: torch.device,
 Log = list[tuple[int, int, int, int, float]]
 
 
-WARM_RUNS = 10  # at most, per served model
-WARM_SPREAD = 1.25  # a warm run's mean iteration is within this factor of its median
-
-
-def _warm_up(run: RunSpec, rank: int, world: int) -> None:
-    """Serve `run` unlogged until its iterations are steady. A fresh process's first seconds of serving
-    on a GPU have iterations of 40-70 ms among ~1 ms ones (first calls at each new shape: library
-    heuristics, lazy module loads, allocator growth; measured on an H200 for ~15 s of runs), which no
-    served model pays in its steady state and which raised the runner's fitted overhead per iteration
-    2.6x. Ranks decide together, so each makes the same runs (tensor-parallel runs are collective)."""
-    for _ in range(WARM_RUNS):
-        server = Server(run, rank, world)
-        server.serve()
-        secs = np.asarray([it[-1] for it in server.log], dtype=float)
-        steady = len(secs) > 0 and secs.mean() <= WARM_SPREAD * float(np.median(secs))
-        if world > 1:
-            flag = torch.tensor([0.0 if steady else 1.0], device="cuda" if run.device == "cuda" else "cpu")
-            dist.all_reduce(flag)
-            steady = flag.item() == 0.0
-        if steady:
-            return
-
-
 def _serving(job: Job, rank: int, world: int) -> dict[str, list[tuple[int, int, Log]]]:
     """Per-iteration logs of the runner serving the calibration Llamas, one (model index, isl, log) per
     run: "dp", one replica per rank (the runner's own speed and overhead), and "tp", tensor-parallel over
@@ -239,20 +215,22 @@ def _serving(job: Job, rank: int, world: int) -> dict[str, list[tuple[int, int, 
     if world > 1 and all(m.num_heads % world == 0 and m.num_kv_heads % world == 0 for m in models):
         modes.append(("tp", {"tp": world}, 1))
     logs: dict[str, list[tuple[int, int, Log]]] = {}
-    warm_isl, warm_osl = max(job.sweep.serving_lengths)
     for mode, layout, per in modes:
+        runs = [(i, RunSpec(model=spec.model_dump(), layout=layout, isl=isl, osl=osl, concurrency=clients * per,
+                            requests=3, device=job.device))
+                for i, spec in enumerate(models) for isl, osl in job.sweep.serving_lengths
+                for clients in job.sweep.overhead_clients]
+        # every run once unlogged first: on a GPU a kernel's first calls at a new shape (library heuristics,
+        # lazy module loads) make iterations of 40-70 ms among ~1 ms ones, for every batch shape the runs
+        # reach (a warm-up at one shape left the others cold; measured on an H200). No served model pays
+        # that in its steady state, and it raised the runner's fitted overhead per iteration 2.6x.
+        for _, run in runs:
+            Server(replace(run, requests=1), rank, world).serve()
         logs[mode] = []
-        for i, spec in enumerate(models):
-            _warm_up(RunSpec(model=spec.model_dump(), layout=layout, isl=warm_isl, osl=warm_osl,
-                             concurrency=max(job.sweep.overhead_clients) * per, requests=1, device=job.device),
-                     rank, world)
-            for isl, osl in job.sweep.serving_lengths:
-                for clients in job.sweep.overhead_clients:
-                    run = RunSpec(model=spec.model_dump(), layout=layout, isl=isl, osl=osl,
-                                  concurrency=clients * per, requests=3, device=job.device)
-                    server = Server(run, rank, world)
-                    server.serve()
-                    logs[mode].append((i, isl, server.log[len(server.log) // 4:]))  # past the staggered start
+        for i, run in runs:
+            server = Server(run, rank, world)
+            server.serve()
+            logs[mode].append((i, run.isl, server.log[len(server.log) // 4:]))  # past the staggered start
     return logs
 
 
