@@ -3,7 +3,9 @@
     python benchmarks/accuracy.py [--data ../shared/data/serving/aiconfigurator_silicon_visible.csv]
                                   [--systems h100_sxm,h200_sxm] [--kv measured|auto|fp8]
 
-Uses the agg (aggregated) rows whose model, system and precision the catalog knows. The
+Uses the agg (aggregated) rows whose model, system and precision the catalog knows. Besides each
+group and all rows, it pools the groups the shipped profiles' engine tuning was not fitted on
+(`costmodel.calibration.ship.HELDOUT`) and the rest. The
 baseline printed beside the model is a plain roofline (no efficiencies, no engine overhead,
 no queueing), evaluated in the same run, so the ratio shows what the model adds.
 """
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from costmodel.calibration.profile import CommFit, Profile, RooflineFit  # noqa: E402
+from costmodel.calibration.ship import HELDOUT  # noqa: E402
 from costmodel.calibration.silicon import ape, errors, load_rows, predict, supported  # noqa: E402
 
 DEFAULT = ROOT.parent / "shared" / "data" / "serving" / "aiconfigurator_silicon_visible.csv"
@@ -48,6 +51,12 @@ def main() -> int:
     for g in groups:
         print(f"{g.group:70s} {g.rows:5d} {g.ttft_mape:12.1f} {g.tpot_mape:12.1f}")
     print(f"{'overall':70s} {overall.rows:5d} {overall.ttft_mape:12.1f} {overall.tpot_mape:12.1f}")
+    held = {g for groups_of in HELDOUT.values() for g in groups_of}
+    for label, part in (("held out of the shipped fit (ship.HELDOUT), pooled", [r for r in rows if r.group in held]),
+                        ("fitted on, pooled", [r for r in rows if r.group not in held])):
+        if part:
+            _, pooled = errors(part, args.kv)
+            print(f"{label:70s} {pooled.rows:5d} {pooled.ttft_mape:12.1f} {pooled.tpot_mape:12.1f}")
     if base:
         bt = statistics.median(x for x, _ in base)
         bp = statistics.median(y for _, y in base)
