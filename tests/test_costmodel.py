@@ -90,7 +90,7 @@ def test_tp_lowers_tpot_and_fp8_lowers_it_further():
 # TensorRT-LLM perf overview (v1.0 docs), total output tok/s at max load, FP8 on H100 (see
 # shared/data/README.md), KV cache in FP8 as in the silicon FP8 rows the engine tuning was fitted on
 # (costmodel.calibration.silicon.kv_for). The calibrated model under-predicts these max-load points
-# (0.67-0.86 of published; 0.52-0.71 with a 16-bit KV cache): its FP8 GEMM fit comes from vLLM 0.19's
+# (0.66-0.85 of published; 0.56-0.70 with a 16-bit KV cache): its FP8 GEMM fit comes from vLLM 0.19's
 # kernels, slower than TensorRT-LLM's at batches above the 256 clients the measured rows reach. The
 # band below holds today's accuracy so a regression shows.
 @pytest.mark.parametrize("name, tp, isl, osl, measured", [

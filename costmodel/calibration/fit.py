@@ -97,9 +97,16 @@ def fit_mla(folder: Path, profile: Profile,
     return scales, extra, errors
 
 
+# the error keys (FitError) of each kernel table: "<family>.<dtype>"
+FAMILY_OF = {"gemm": "gemm", "attn_prefill": "context_attention", "attn_decode": "generation_attention",
+             "moe": "moe"}
+
+
 def fit_profile(group: NodeGroup, kernels: Path | None, network: Path | None = None, source: str = "",
-                trust: str = "fitted") -> Profile:
-    """A profile for `group`'s device: defaults, overridden by whatever the data supports."""
+                trust: str = "fitted", borrow: dict[str, tuple[Profile, str]] | None = None) -> Profile:
+    """A profile for `group`'s device: defaults, overridden by whatever the data supports. `borrow` takes
+    whole kernel tables (`FAMILY_OF` keys) from another device's profile instead of this device's rows,
+    with the reason, for data that cannot describe the kernel (see `costmodel.calibration.ship`)."""
     base = Profile()
     update: dict[str, object] = {"device": group.device.name, "trust": trust}
     errors: dict[str, FitError] = {}
@@ -111,6 +118,13 @@ def fit_profile(group: NodeGroup, kernels: Path | None, network: Path | None = N
                 update[name] = {**getattr(base, name), **table}
         update["moe_skew"] = k.moe_skew
         errors.update(k.errors)
+    for name, (donor, why) in (borrow or {}).items():
+        # before the MLA fit, whose module scales are measured against the tables in use
+        update[name] = getattr(donor, name)
+        family = FAMILY_OF[name]
+        errors = {key: e for key, e in errors.items() if not key.startswith(f"{family}.")}
+        errors.update({key: e.model_copy(update={"source": f"{donor.device}'s fit of its {e.source}, borrowed: {why}"})
+                       for key, e in donor.fit_error.items() if key.startswith(f"{family}.")})
     if network is not None:
         update["scaleout_eff"], errors["comm.scaleout_all_reduce"] = fit_scaleout(network, group)
     if kernels is not None:
