@@ -46,7 +46,7 @@ OVERHEAD_GRID_MS = np.arange(PARAMS[OVERHEAD][2], PARAMS[OVERHEAD][3] + 0.05, 0.
 # 1.13 -> 1.53 and TensorRT-LLM's attention scale 3.0 -> 1.6, and the held-out groups' pooled error
 # 16.8 / 6.3% -> 22.1 / 13.6%. A prior holds each near the kernel fits (log-normal, sigma
 # PRIOR_SIGMA): with it the two draws gave attention scales of 0.98-1.01 and held-out 17.9 / 5.6% and
-# 19.4 / 8.4% (sigma 0.25: tighter scales, but the fitted-on rows' TPOT went to 11.2%).
+# 19.4 / 8.4% (sigma 0.25: tighter scales, but overall TPOT 11.2% on the seed-0 draw).
 PRIOR_SCALES = ("compute_scale", "memory_scale", "moe_scale", "attention_scale")
 PRIOR_SIGMA = 0.5
 CENTRAL = 0.2  # the TTFT constants' objective averages the errors this far either side of the median
