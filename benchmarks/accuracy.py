@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from costmodel.calibration.profile import CommFit, Profile, RooflineFit  # noqa: E402
 from costmodel.calibration.ship import HELDOUT  # noqa: E402
-from costmodel.calibration.silicon import ape, errors, load_rows, predict, supported  # noqa: E402
+from costmodel.calibration.silicon import ape, group_apes, load_rows, pooled, predict, supported  # noqa: E402
 
 DEFAULT = ROOT.parent / "shared" / "data" / "serving" / "aiconfigurator_silicon_visible.csv"
 IDEAL = RooflineFit(compute_eff=1.0, mem_eff=1.0)
@@ -43,7 +43,8 @@ def main() -> int:
     systems = set(args.systems.split(","))
     rows = [r for r in load_rows(args.data) if r.system in systems and supported(r)]
     t0 = time.perf_counter()
-    groups, overall = errors(rows, args.kv)
+    apes = group_apes(rows, args.kv)
+    groups, overall = [pooled(g, apes, (g,)) for g in sorted(apes)], pooled("overall", apes)
     elapsed = time.perf_counter() - t0
     base = [(ape(e.ttft_ms, r.ttft_ms), ape(e.tpot_ms, r.tpot_ms))
             for r in rows for e in [predict(r, args.kv, ROOFLINE)]]
@@ -52,11 +53,11 @@ def main() -> int:
         print(f"{g.group:70s} {g.rows:5d} {g.ttft_mape:12.1f} {g.tpot_mape:12.1f}")
     print(f"{'overall':70s} {overall.rows:5d} {overall.ttft_mape:12.1f} {overall.tpot_mape:12.1f}")
     held = {g for groups_of in HELDOUT.values() for g in groups_of}
-    for label, part in (("held out of the shipped fit (ship.HELDOUT), pooled", [r for r in rows if r.group in held]),
-                        ("fitted on, pooled", [r for r in rows if r.group not in held])):
+    for label, part in (("held out of the shipped fit (ship.HELDOUT), pooled", held & apes.keys()),
+                        ("fitted on, pooled", apes.keys() - held)):
         if part:
-            _, pooled = errors(part, args.kv)
-            print(f"{label:70s} {pooled.rows:5d} {pooled.ttft_mape:12.1f} {pooled.tpot_mape:12.1f}")
+            p = pooled(label, apes, part)
+            print(f"{label:70s} {p.rows:5d} {p.ttft_mape:12.1f} {p.tpot_mape:12.1f}")
     if base:
         bt = statistics.median(x for x, _ in base)
         bp = statistics.median(y for _, y in base)

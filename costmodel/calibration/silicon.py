@@ -147,15 +147,20 @@ class GroupError:
     tpot_mape: float
 
 
-def errors(rows: Iterable[Row], kv_cache_dtype: str = AS_MEASURED) -> tuple[list[GroupError], GroupError]:
-    """Median absolute percentage error of TTFT and TPOT per group and over all rows."""
-    per: dict[str, list[tuple[float, float]]] = {}
+Apes = dict[str, list[tuple[float, float]]]  # group -> (TTFT, TPOT) absolute percentage error of each row
+
+
+def group_apes(rows: Iterable[Row], kv_cache_dtype: str = AS_MEASURED) -> Apes:
+    """Each row's TTFT and TPOT absolute percentage error, by group (one prediction per row)."""
+    per: Apes = {}
     for r in rows:
         e = predict(r, kv_cache_dtype)
         per.setdefault(r.group, []).append((ape(e.ttft_ms, r.ttft_ms), ape(e.tpot_ms, r.tpot_ms)))
-    groups = [GroupError(g, len(v), statistics.median(x for x, _ in v), statistics.median(y for _, y in v))
-              for g, v in sorted(per.items())]
-    every = [x for v in per.values() for x in v]
-    overall = GroupError("overall", len(every), statistics.median(x for x, _ in every) if every else math.nan,
-                         statistics.median(y for _, y in every) if every else math.nan)
-    return groups, overall
+    return per
+
+
+def pooled(label: str, apes: Apes, groups: Iterable[str] | None = None) -> GroupError:
+    """Median TTFT and TPOT error over the rows of `groups` (all of `apes` when None) together."""
+    every = [x for g, v in apes.items() if groups is None or g in groups for x in v]
+    return GroupError(label, len(every), statistics.median(x for x, _ in every) if every else math.nan,
+                      statistics.median(y for _, y in every) if every else math.nan)
