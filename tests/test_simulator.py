@@ -108,9 +108,9 @@ def test_chunked_prefill_trades_ttft_against_tpot():
     # Against whole prompts beside the decodes (TensorRT-LLM without chunked context), under heavy
     # load a long prompt no longer waits for the budget to clear: lower TTFT tail, higher TPOT.
     # near capacity with the 2026-11-26 profiles (18 req/s with those of 2026-11-25: capacity moves with the
-    # fitted prefill and decode costs; at 14 the chunked TTFT p99 is 0.51x the whole-prompt one (0.34x with
-    # the profiles before the engine-scale prior), at 18 both
-    # are past capacity)
+    # fitted prefill and decode costs; at 14 the chunked TTFT p99 is 0.29x the whole-prompt one with
+    # vLLM's compute multiplier held at 1 (0.51x with it fitted, 0.34x before the engine-scale prior), at 18
+    # both are past capacity)
     wl = {**MIXED, "rate_rps": 14, "num_requests": 1200}
     chunked = simulate(**SMALL, workload=wl, scheduler={"policy": "chunked", "chunked_prefill_tokens": 4096})
     whole = simulate(**SMALL, workload=wl, scheduler={"policy": "whole", "chunked_prefill_tokens": 4096})
