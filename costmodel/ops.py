@@ -209,10 +209,9 @@ def op_time_s(op: Op, acc: Accelerator, prec: Precision, prof: Profile) -> Num:
     else:
         fit = prof.attn_fit("prefill" if op.kind == "attn_prefill" else "decode", prec.kv)
         peak = acc.flops("bf16")
-    compute = op.flops / (peak * fit.compute(op.m, op.k)) * prof.compute_scale
-    memory = op.bytes / (acc.hbm_gbps * 1e9 * fit.memory(op.bytes, op.items)) * prof.memory_scale
     active = np.where(np.asarray(op.flops + op.bytes) > 0, op.calls, 0.0)
-    t = np.maximum(compute, memory) + active * fit.t0_us * 1e-6 * prof.fixed_scale + fit.items_s(op.items)
+    t = fit.time_s(op.flops, op.bytes, peak, acc.hbm_gbps * 1e9, op.m, op.k, op.items, calls=active,
+                   compute_scale=prof.compute_scale, memory_scale=prof.memory_scale, fixed_scale=prof.fixed_scale)
     if op.family:
         extra = active * prof.family_t0_us.get(op.family, 0.0) * 1e-6
         t = t * prof.family_scale.get(op.family, 1.0) + extra

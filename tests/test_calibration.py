@@ -17,7 +17,7 @@ from costmodel.calibration.kernels import (
     generation_attention_shapes,
     roofline_s,
 )
-from costmodel.calibration.profile import Profile, profile_for, shipped
+from costmodel.calibration.profile import Profile, RooflineFit, profile_for, shipped
 from costmodel.calibration.ship import BORROW, BORROWED, HELDOUT, PINNED
 from costmodel.calibration.silicon import group_apes, load_rows, pooled, predict, supported
 from hardware import accelerator
@@ -75,7 +75,7 @@ def _faster_than_roofline(system: str, device: str) -> float:
     """Share of a system's context-attention rows measured faster than the bf16 roofline allows (x1.25)."""
     acc = accelerator(device)
     s = context_attention_shapes(pd.read_csv(H100.parent / system / "context_attention.csv.gz"))
-    ideal = np.maximum(s.flops / acc.flops("bf16"), s.bytes / (acc.hbm_gbps * 1e9))
+    ideal = roofline_s(RooflineFit(compute_eff=1.0, mem_eff=1.0), s, acc.flops("bf16"), acc.hbm_gbps * 1e9)
     return float(np.mean(ideal / s.seconds > 1.25))
 
 

@@ -52,8 +52,7 @@ class Shapes:
 
 
 def roofline_s(fit: RooflineFit, s: Shapes, peak: float, bw: float) -> np.ndarray:
-    memory = s.bytes / (bw * fit.memory(s.bytes, s.items))
-    return np.maximum(s.flops / (peak * fit.compute(s.m, s.k)), memory) + fit.t0_us * 1e-6 + fit.items_s(s.items)
+    return np.asarray(fit.time_s(s.flops, s.bytes, peak, bw, s.m, s.k, s.items))
 
 
 def _from_vector(x: np.ndarray, shape_dependent: bool, depth: bool) -> RooflineFit:

@@ -17,6 +17,7 @@ from hardware.catalog import accelerators
 from hardware.loading import build, read_mapping
 
 PROFILES = Path(__file__).parent.parent / "data" / "profiles"
+Array = float | np.ndarray
 
 
 class RooflineFit(BaseModel):
@@ -71,6 +72,15 @@ class RooflineFit(BaseModel):
     def items_s(self, items: float | np.ndarray) -> float | np.ndarray:
         """Per-work-item time of `items` work items (seconds)."""
         return items * self.item_ns * 1e-9
+
+    def time_s(self, flops: Array, nbytes: Array, peak: float, bw: float, m: Array, k: Array = 0.0,
+               items: Array = 0.0, calls: Array = 1.0, compute_scale: float = 1.0, memory_scale: float = 1.0,
+               fixed_scale: float = 1.0) -> Array:
+        """The class docstring's t (seconds) at `peak` FLOP/s and `bw` bytes/s, with an engine's multipliers
+        on each side and on the fixed latency, paid once per call (a fit's measured rows are one call each)."""
+        compute = flops / (peak * self.compute(m, k)) * compute_scale
+        memory = nbytes / (bw * self.memory(nbytes, items)) * memory_scale
+        return np.maximum(compute, memory) + calls * self.t0_us * 1e-6 * fixed_scale + self.items_s(items)
 
 
 class CommFit(BaseModel):
