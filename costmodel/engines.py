@@ -27,6 +27,9 @@ class Engine(BaseModel):
     max_num_batched_tokens: int = Field(ge=1, description="Default token budget per iteration.")
     chunked_prefill: bool = Field(description="Whether prompts are split into budget-sized chunks.")
     closed_loop_wave: float = Field(ge=0, le=1, description="Share of a closed-loop prefill wave waited behind.")
+    resubmit_wait_iterations: float = Field(
+        ge=0, le=1, description="Mean wait, in iterations, of a closed-loop client's next request for the iteration "
+                                "that will prefill it.")
     ttft_overhead_ms: float = Field(ge=0, description="Request handling before the first prefill and after it.")
     sources: dict[str, str] = Field(default_factory=dict)
 

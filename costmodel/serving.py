@@ -8,8 +8,11 @@ of that mix. The three are solved as a fixed point in `tpot`, bracketing it with
 evaluations of the cost model.
 
 TTFT = wait for admission (KV cache or `max_num_seqs` full: Little's law on the clients left
-outside) + half an iteration to the next boundary + the prompt's own prefill + the share of its
-closed-loop wave it waits behind, or, in an open loop, M/D/1 queueing on the instance's capacity.
+outside) + the wait for the next iteration boundary (half an iteration for a request that arrives
+over HTTP at a random point of one; none where the client resubmits inside the scheduler, as the
+torch runner's do: the engine constant `resubmit_wait_iterations`) + the iteration that prefills it
++ the prompt's own prefill + the share of its closed-loop wave it waits behind, or, in an open loop,
+M/D/1 queueing on the instance's capacity.
 Closed-loop clients with fixed lengths stay in step, so a share of the prompts (the engine
 constant `closed_loop_wave`, fitted) arrives in bursts: half of a burst's prefill lengthens TTFT,
 the other half the decode steps of the burst's members that already have their first token.
@@ -96,7 +99,8 @@ def closed_loop(inst: Instance, isl: int, osl: int, clients: int, running_cap: i
     riding = 1 - w / 2  # share of the prompts' prefill that runs inside decode iterations
 
     def pre(t: np.ndarray) -> np.ndarray:
-        return 1.5 * t + x + wave
+        # the wait for the iteration that prefills the new prompt, that iteration, and the prompt's own prefill
+        return (inst.engine.resubmit_wait_iterations + 1.0) * t + x + wave
 
     def g(t: np.ndarray) -> np.ndarray:
         lam = n / (pre(t) + (osl - 1) * t)

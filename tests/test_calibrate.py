@@ -116,6 +116,7 @@ def test_fit_runner_recovers_the_runner_tuning_that_timed_its_iterations() -> No
     assert t.iteration_overhead_ms == pytest.approx(0.8, rel=0.05)
     assert t.per_seq_overhead_us == pytest.approx(120, rel=0.05)
     assert t.compute_scale == t.memory_scale == 1.0  # held: see planner.calibrate.overhead
+    assert t.resubmit_wait_iterations == 0.0  # its clients resubmit inside the scheduler (planner.verify.scheduler)
     assert fit.error_pct < 1.0 and all(r == pytest.approx(1.0, abs=0.01) for r in fit.ratios)
     assert error_band([0.8, 0.9, 1.0, 1.1, 1.5])["tpot_ms"] == (pytest.approx(0.84), pytest.approx(1.34))
 

@@ -112,6 +112,27 @@ def test_closed_loop_ttft_grows_with_concurrency_and_queues_past_kv():
     assert full.max_running < 256 and full.queue_ms > 1000 and any("queue" in n for n in full.notes)
 
 
+def test_closed_loop_ttft_waits_for_the_next_iteration_only_where_requests_arrive_mid_iteration():
+    """TTFT = the wait for the next iteration (half of one for a request arriving over HTTP; none where the client
+    resubmits inside the scheduler, as the torch runner's do), that iteration, and the prompt's own prefill."""
+    from costmodel.calibration.profile import profile_for
+    from costmodel.catalog import model
+    from costmodel.instance import Instance
+    from costmodel.precision import precision
+    from costmodel.serving import closed_loop, prompt_prefill_s
+
+    group = cluster("dgx-h100").groups[0]
+    kernels = profile_for("h100-sxm").model_copy(update={"engines": {}})  # no tuning overriding the constants
+    base = engine("vllm").model_copy(update={"closed_loop_wave": 0.0, "ttft_overhead_ms": 0.0})
+    assert base.resubmit_wait_iterations == 0.5
+    for wait in (0.5, 0.0):
+        inst = Instance(model("llama-3.1-8b"), Layout(tp=1), precision("fp8"), group, kernels,
+                        base.model_copy(update={"resubmit_wait_iterations": wait}))
+        s = closed_loop(inst, 1024, 128, 16, 256)
+        x = prompt_prefill_s(inst, 1024, base.max_num_batched_tokens)
+        assert s.ttft_s == pytest.approx((1 + wait) * s.tpot_s + x, rel=1e-9)
+
+
 def test_open_loop_past_capacity_is_unstable():
     e = estimate("llama-3.1-8b", "dgx-h100", layout={"tp": 1}, workload={"isl": 1024, "osl": 256, "rate_rps": 1e4})
     assert not e.stable and math.isinf(e.ttft_ms) and "capacity" in e.notes[0]

@@ -57,6 +57,19 @@ def test_scheduler_staggers_clients_and_batches_prefill_with_decode() -> None:
     assert {r.rid for r in s.finished} == {0, 1, 100_000, 100_001}  # client * 100000 + n: same prompts anywhere
 
 
+def test_a_closed_loop_request_is_prefilled_in_the_iteration_after_it_is_sent() -> None:
+    """The runner's clients send their next request as an iteration ends and it runs in the very next one: its
+    first token comes one iteration after it was sent, which is why the runner's tuning waits no half iteration
+    for the next boundary (`resubmit_wait_iterations` 0: TTFT 25-34% over-predicted on this machine before)."""
+    s = Scheduler(isl=4, osl=6, slots=8, budget=64, load=ClosedLoop(clients=3, requests_per_client=3))
+    t = 0.0
+    while not s.done:
+        s.admit(0, t)
+        step = s.next_step()
+        s.complete(step, [7] * (len(step.decode) + sum(c.emits for c in step.chunks)), t := t + 1.0)
+    assert len(s.finished) == 9 and all(r.token_s[0] - r.submit_s == 1.0 for r in s.finished)
+
+
 def test_summarize_measures_the_steady_window() -> None:
     reqs = [Timed(c, c + 10.0 * n, tuple(c + 10.0 * n + 1 + i for i in range(5))) for c in range(2) for n in range(4)]
     m = summarize(reqs, closed_loop=True)

@@ -130,13 +130,15 @@ class EngineTuning(BaseModel):
     iteration_overhead_ms: float | None = Field(default=None, ge=0)
     per_seq_overhead_us: float | None = Field(default=None, ge=0)
     closed_loop_wave: float | None = Field(default=None, ge=0, le=1)
+    resubmit_wait_iterations: float | None = Field(default=None, ge=0, le=1)
     ttft_overhead_ms: float | None = Field(default=None, ge=0)
     fitted_on: str = Field(default="", description="Rows the tuning was fitted on, and the held-out error.")
     error_band: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="p10/p90 of measured/predicted on this engine's rows.")
 
     def engine_updates(self) -> dict[str, float]:
-        names = ("iteration_overhead_ms", "per_seq_overhead_us", "closed_loop_wave", "ttft_overhead_ms")
+        names = ("iteration_overhead_ms", "per_seq_overhead_us", "closed_loop_wave", "resubmit_wait_iterations",
+                 "ttft_overhead_ms")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 

@@ -60,7 +60,7 @@ def fit_runs(path: str | Path, out: str | Path | None = None, profile: str | Pat
     if is_local:
         was = base.engines.get("vllm") or EngineTuning()
         names = ("compute_scale", "memory_scale", "moe_scale", "attention_scale", "decode_attention_scale",
-                 "fixed_scale", "per_seq_overhead_us")
+                 "fixed_scale", "per_seq_overhead_us", "resubmit_wait_iterations")
         fixed = {k: v for k in names if (v := getattr(was, k)) is not None} | {"closed_loop_wave": 0.0}
     fits, before = [], {}
     tuned = base

@@ -78,7 +78,7 @@ def step_s(model: ModelSpec, layout: Layout, group: NodeGroup, profile: Profile,
 
 def _tuning(x: Sequence[float], fitted_on: str = "") -> EngineTuning:
     return EngineTuning(**{name: float(v) for (name, *_), v in zip(PARAMS, x, strict=True)},
-                        closed_loop_wave=0.0, ttft_overhead_ms=0.0, fitted_on=fitted_on)
+                        closed_loop_wave=0.0, resubmit_wait_iterations=0.0, ttft_overhead_ms=0.0, fitted_on=fitted_on)
 
 
 Arrays = list[tuple[ModelSpec, int, np.ndarray]]
@@ -113,8 +113,8 @@ def fit_runner(runs: Sequence[Run], group: NodeGroup, profile: Profile) -> Runne
     shapes = ", ".join(dict.fromkeys(f"{m.num_layers} layer(s)/{m.vocab_size} vocab" for m, _, _ in arr))
     note = (f"planner calibrate: {len(arr)} runs ({iterations} iterations) of the torch runner serving calibration "
             f"Llamas ({shapes}) on this machine, one replica per rank; median error of a run's mean iteration time "
-            f"{err:.1f}%. Its clients start staggered (no closed-loop waves) and it has no HTTP front end (no TTFT "
-            "overhead).")
+            f"{err:.1f}%. Its clients start staggered (no closed-loop waves), resubmit inside its scheduler (a new "
+            "prompt runs in the very next iteration) and it has no HTTP front end (no TTFT overhead).")
     return RunnerFit(tuning.model_copy(update={"fitted_on": note}), err, [float(r) for r in ratios])
 
 
