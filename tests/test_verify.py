@@ -42,8 +42,8 @@ def test_kendall_tau() -> None:
     assert math.isnan(kendall_tau([1], [5.0]))
 
 
-def test_scheduler_staggers_clients_and_batches_prefill_with_decode() -> None:
-    s = Scheduler(isl=4, osl=4, slots=8, budget=64, load=ClosedLoop(clients=2, requests_per_client=2))
+def _serve(s: Scheduler) -> list[tuple[int, list[int]]]:
+    """Run `s` to the end, one time unit per iteration; each iteration's decodes and prompt chunk sizes."""
     steps = []
     t = 0.0
     while not s.done:
@@ -51,6 +51,12 @@ def test_scheduler_staggers_clients_and_batches_prefill_with_decode() -> None:
         step = s.next_step()
         s.complete(step, [7] * (len(step.decode) + sum(c.emits for c in step.chunks)), t := t + 1.0)
         steps.append((len(step.decode), [c.n for c in step.chunks]))
+    return steps
+
+
+def test_scheduler_staggers_clients_and_batches_prefill_with_decode() -> None:
+    s = Scheduler(isl=4, osl=4, slots=8, budget=64, load=ClosedLoop(clients=2, requests_per_client=2))
+    steps = _serve(s)
     assert steps[0] == (0, [4])  # client 0 alone at first
     assert steps[2] == (1, [4])  # client 1 starts osl/2 = 2 iterations later, beside client 0's decode
     assert len(s.finished) == 4 and all(r.generated == 4 for r in s.finished)
@@ -62,11 +68,7 @@ def test_a_closed_loop_request_is_prefilled_in_the_iteration_after_it_is_sent() 
     first token comes one iteration after it was sent, which is why the runner's tuning waits no half iteration
     for the next boundary (`resubmit_wait_iterations` 0: TTFT 25-34% over-predicted on this machine before)."""
     s = Scheduler(isl=4, osl=6, slots=8, budget=64, load=ClosedLoop(clients=3, requests_per_client=3))
-    t = 0.0
-    while not s.done:
-        s.admit(0, t)
-        step = s.next_step()
-        s.complete(step, [7] * (len(step.decode) + sum(c.emits for c in step.chunks)), t := t + 1.0)
+    _serve(s)
     assert len(s.finished) == 9 and all(r.token_s[0] - r.submit_s == 1.0 for r in s.finished)
 
 

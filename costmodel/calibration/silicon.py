@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,7 +159,7 @@ def group_apes(rows: Iterable[Row], kv_cache_dtype: str = AS_MEASURED) -> Apes:
     return per
 
 
-def pooled(label: str, apes: Apes, groups: Iterable[str] | None = None) -> GroupError:
+def pooled(label: str, apes: Apes, groups: Collection[str] | None = None) -> GroupError:
     """Median TTFT and TPOT error over the rows of `groups` (all of `apes` when None) together."""
     every = [x for g, v in apes.items() if groups is None or g in groups for x in v]
     return GroupError(label, len(every), statistics.median(x for x, _ in every) if every else math.nan,
