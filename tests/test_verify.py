@@ -292,7 +292,7 @@ def _sleep_and_tell(rank: int, world: int, folder: str, progress) -> None:
 def _running(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between the open and the read
         return False
 
 
