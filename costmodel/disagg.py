@@ -79,26 +79,29 @@ def _extra_w(inst: Instance) -> float:
     return plat.host_w + plat.nic_w + plat.switch_w
 
 
-def prefill_iteration(inst: Instance, isl: int) -> tuple[float, float]:
-    """(seconds, prompts) of one prefill-only iteration: whole prompts up to the token budget."""
+def prefill_iteration(inst: Instance, isl: int, kv_tokens: int | None = None) -> tuple[float, float]:
+    """(seconds, prompts) of one prefill-only iteration: whole prompts up to the token budget, and no
+    more than the KV cache (`kv_tokens`, when known) holds at once."""
     tokens = max(inst.engine.max_num_batched_tokens, isl)
-    prompts = tokens // isl
+    prompts = tokens // isl if kv_tokens is None else max(min(tokens, kv_tokens) // isl, 1)
     b = Batch(prefill_tokens=prompts * isl, prefill_span=isl / 2, prefill_seqs=prompts)
     return float(inst.step_s(b)), float(prompts)
 
 
-def prefill_ttft_s(inst: Instance, isl: int, rate_rps: float, transfer_s: float) -> float:
+def prefill_ttft_s(inst: Instance, isl: int, rate_rps: float, transfer_s: float,
+                   kv_tokens: int | None = None) -> float:
     """Mean TTFT of a prefill instance at `rate_rps` (inf at or past its capacity)."""
-    x, prompts = prefill_iteration(inst, isl)
+    x, prompts = prefill_iteration(inst, isl, kv_tokens)
     rho = rate_rps * x / prompts
     if rho >= 1:
         return math.inf
     return 1.5 * x + rho / (2 * (1 - rho)) * x + transfer_s + inst.engine.ttft_overhead_ms * 1e-3
 
 
-def _prefill_rate(inst: Instance, isl: int, slo: SLO, transfer_s: float) -> tuple[float, str, float]:
+def _prefill_rate(inst: Instance, isl: int, slo: SLO, transfer_s: float,
+                  kv_tokens: int | None = None) -> tuple[float, str, float]:
     """(rate, binding, ratio) of a prefill instance whose prompts' KV take `transfer_s` to ship."""
-    x, prompts = prefill_iteration(inst, isl)
+    x, prompts = prefill_iteration(inst, isl, kv_tokens)
     fixed = 1.5 * x + transfer_s + inst.engine.ttft_overhead_ms * 1e-3
     rho, binding = RHO_MAX, "throughput"
     if slo.ttft_ms is not None:
@@ -122,9 +125,9 @@ def prefill_capacity(inst: Instance, wl: Workload, slo: SLO, up: Link, out: Link
         return _infeasible("prefill", "memory", f"holds {mem.kv_tokens} KV tokens, fewer than one "
                            f"{isl}-token prompt", {"weights_gib": mem.weights_gib})
     t_up, t_out = kv_transfer_s(inst, isl, up), kv_transfer_s(inst, isl, out)
-    rate_up, binding, ratio = _prefill_rate(inst, isl, slo, t_up)
-    rate_out = _prefill_rate(inst, isl, slo, t_out)[0]
-    x, prompts = prefill_iteration(inst, isl)
+    rate_up, binding, ratio = _prefill_rate(inst, isl, slo, t_up, mem.kv_tokens)
+    rate_out = _prefill_rate(inst, isl, slo, t_out, mem.kv_tokens)[0]
+    x, prompts = prefill_iteration(inst, isl, mem.kv_tokens)
     if rate_up <= 0:
         ttft = 1.5 * x + t_up + inst.engine.ttft_overhead_ms * 1e-3
         return _infeasible("prefill", binding, f"ttft_ms is {ttft * 1e3:.1f} even unloaded, {ratio:.2f}x the "
@@ -134,8 +137,9 @@ def prefill_capacity(inst: Instance, wl: Workload, slo: SLO, up: Link, out: Link
                                                  prefill_seqs=prompts)))
     idle = power_model(inst.acc, inst.profile).idle_w
     power = inst.layout.instance_devices * (rho * active + (1 - rho) * idle + _extra_w(inst))
-    metrics = {"ttft_ms": prefill_ttft_s(inst, isl, rate_up, t_up) * 1e3, "prefill_iteration_ms": x * 1e3,
-               "kv_transfer_ms": t_up * 1e3, "kv_transfer_out_ms": t_out * 1e3, "utilisation": rho}
+    metrics = {"ttft_ms": prefill_ttft_s(inst, isl, rate_up, t_up, mem.kv_tokens) * 1e3,
+               "prefill_iteration_ms": x * 1e3, "kv_transfer_ms": t_up * 1e3, "kv_transfer_out_ms": t_out * 1e3,
+               "utilisation": rho, "running": prompts, "max_running": float(mem.kv_tokens // isl)}
     detail = {"ttft_ms": "TTFT objective caps the queue", "throughput": "prompt throughput (queue stability)",
               "kv_transfer": "KV-cache transfer lanes are saturated"}[binding]
     return RoleCapacity("prefill", rate_up, rate_out, binding, detail, power, metrics)
@@ -170,7 +174,26 @@ def decode_capacity(inst: Instance, wl: Workload, slo: SLO) -> RoleCapacity:
     power = inst.layout.instance_devices * (active + _extra_w(inst))
     rate = b / ((osl - 1) * tpot)
     return RoleCapacity("decode", rate, rate, binding, detail, power,
-                        {"tpot_ms": tpot * 1e3, "decode_batch": b, "max_running": float(cap)})
+                        {"tpot_ms": tpot * 1e3, "decode_batch": b, "running": b, "max_running": float(cap)})
+
+
+def running_at(inst: Instance, isl: int, osl: int, rate_rps: float, cap: int) -> float:
+    """Sequences holding KV cache at once (prefilling or decoding; queued ones hold none) in the
+    open-loop steady state at `rate_rps`; inf where the state is unstable."""
+    s = open_loop(inst, isl, osl, rate_rps, cap)
+    return s.admitted - rate_rps * s.queue_s if s.stable else math.inf
+
+
+def kv_bounded_rps(inst: Instance, isl: int, osl: int, cap: int, rate_rps: float, rel_tol: float = 0.01) -> float:
+    """The highest rate up to `rate_rps` whose running sequences fit the `cap` the KV cache (and
+    `max_num_seqs`) admits: memory is a hard constraint, whatever the latency objectives allow."""
+    if running_at(inst, isl, osl, rate_rps, cap) <= cap:
+        return rate_rps
+    lo, hi = 0.0, rate_rps
+    while hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if running_at(inst, isl, osl, mid, cap) <= cap else (lo, mid)
+    return lo
 
 
 def agg_capacity(inst: Instance, wl: Workload, slo: SLO) -> RoleCapacity:
@@ -183,7 +206,8 @@ def agg_capacity(inst: Instance, wl: Workload, slo: SLO) -> RoleCapacity:
                            f"{isl + osl}", {"weights_gib": mem.weights_gib})
     ttft_s = slo.ttft_ms * 1e-3 if slo.ttft_ms else None
     tpot_s = slo.tpot_ms * 1e-3 if slo.tpot_ms else None
-    rate = goodput_rps(inst, isl, osl, cap, ttft_s, tpot_s)
+    slo_rate = goodput_rps(inst, isl, osl, cap, ttft_s, tpot_s)
+    rate = kv_bounded_rps(inst, isl, osl, cap, slo_rate) if slo_rate > 0 else 0.0
     if rate <= 0:
         idle = open_loop(inst, isl, osl, 1e-3, cap)
         worst = slo.violations(idle.ttft_s * 1e3, idle.tpot_s * 1e3, math.inf)
@@ -197,11 +221,15 @@ def agg_capacity(inst: Instance, wl: Workload, slo: SLO) -> RoleCapacity:
     binding = min(margins, key=lambda k: margins[k]) if margins else "throughput"
     if margins and margins[binding] > 0.05:
         binding = "throughput"
+    if rate < slo_rate * 0.999:
+        binding = "kv_cache" if cap < inst.engine.max_num_seqs * inst.layout.attention_dp else "max_num_seqs"
     power = serving_energy(inst, at, e).power_w
-    return RoleCapacity("agg", rate, rate, binding, {"throughput": "the instance's capacity (queue stability)"}
+    return RoleCapacity("agg", rate, rate, binding, {"throughput": "the instance's capacity (queue stability)",
+                                                     "kv_cache": f"the KV cache holds {cap} running sequences",
+                                                     "max_num_seqs": f"the engine admits {cap} sequences"}
                         .get(binding, f"the {binding} objective caps the rate"), power,
                         {"ttft_ms": e.ttft_ms, "tpot_ms": e.tpot_ms, "decode_batch": e.decode_batch,
-                         "max_running": float(cap)})
+                         "running": running_at(inst, isl, osl, rate, cap), "max_running": float(cap)})
 
 
 def role_capacity(inst: Instance, wl: Workload, slo: SLO, role: str, up: Link, out: Link) -> RoleCapacity:
@@ -251,8 +279,9 @@ def disagg_point(prefill: Instance, x: int, decode: Instance, y: int, wl: Worklo
     """The plan's operating point at `rate_rps` spread evenly over `x` prefill and `y` decode instances,
     KV shipped over `link`."""
     isl, osl = wl.isl, wl.osl
+    kv = instance_memory(prefill, wl, max(prefill.engine.max_num_batched_tokens, isl)).kv_tokens
     transfer = kv_transfer_s(prefill, isl, link)
-    ttft = prefill_ttft_s(prefill, isl, rate_rps / x, transfer)
+    ttft = prefill_ttft_s(prefill, isl, rate_rps / x, transfer, kv)
     # the decode batch B solves B = r (osl - 1) tpot(B): a damped fixed point like the aggregated solver
     r = rate_rps / y
     b = 1.0
@@ -260,7 +289,7 @@ def disagg_point(prefill: Instance, x: int, decode: Instance, y: int, wl: Worklo
         tpot = float(decode.decode_s(b, isl + osl / 2))
         b = 0.5 * b + 0.5 * max(r * (osl - 1) * tpot, 1.0)
     tpot = float(decode.decode_s(b, isl + osl / 2))
-    px, prompts = prefill_iteration(prefill, isl)
+    px, prompts = prefill_iteration(prefill, isl, kv)
     rho = min(rate_rps / x * px / prompts, 1.0)
     p_active = float(iteration_power_w(prefill, Batch(prefill_tokens=prompts * isl, prefill_span=isl / 2,
                                                       prefill_seqs=prompts)))

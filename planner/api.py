@@ -508,7 +508,10 @@ def _pool_plan(problem: Problem, solved: Solved, objectives: Sequence[ServingObj
         pools.append({"role": c.role, "device": clu.groups[c.group].device.name,
                       "layout": c.layout.model_copy(update={"dp": 1}).label(), "instances": n,
                       "devices": n * c.devices, "rate_rps": c.rate * UNIT_RPS, "binding": c.binding,
-                      "detail": c.detail, "power_cap": c.tag})
+                      "detail": c.detail, "power_cap": c.tag,
+                      # sequences one instance runs at its rated load, and what its KV cache admits
+                      "running": c.metrics.get("running", 0.0),
+                      "max_running": c.metrics.get("max_running", 0.0)})
         parts.append((c, n, obj))
     placed = tuple({"role": problem.configs[p.config].role, "device": clu.groups[p.group].device.name,
                     "group": p.group, "devices": list(p.devices), "local_kv": p.local_kv}

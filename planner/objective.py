@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, replace
 
 from costmodel.calibration.profile import Profile
-from costmodel.disagg import RoleCapacity, role_capacity
+from costmodel.disagg import RoleCapacity, kv_bounded_rps, role_capacity
 from costmodel.energy import serving_energy
 from costmodel.engines import Engine
 from costmodel.estimate import Estimate, estimate_instance, instance_memory
@@ -92,6 +92,8 @@ class ServingObjective:
         per_instance = goodput_rps(inst, wl.isl, wl.osl, cap,
                                    slo.ttft_ms / 1e3 if slo.ttft_ms else None,
                                    slo.tpot_ms / 1e3 if slo.tpot_ms else None)
+        if per_instance > 0:  # memory is a hard constraint: the running batch stays inside the KV cache
+            per_instance = kv_bounded_rps(inst, wl.isl, wl.osl, cap, per_instance)
         score = per_instance / lay.instance_devices
         if per_instance <= 0:
             idle = open_loop(inst, wl.isl, wl.osl, 1e-3, cap)

@@ -74,8 +74,7 @@ class Model:
         self._domains()
         self.goodput = self._goodput()
         devices = sum(c.devices * self.total[i] for i, c in enumerate(cfg))
-        if p.goal.target:
-            m.add(self.goodput >= p.goal.target)
+        m.add(self.goodput >= max(p.goal.target, 1))  # an allocation that carries nothing is no plan
         if p.goal.kind == "goodput":
             self.objective = self.goodput * (p.total_devices + 1) - devices
         else:

@@ -309,6 +309,8 @@ def evaluate(problem: Problem, alloc: Allocation) -> Value:
     power = sum(round(problem.configs[i].power_w) * n for i, n in inst.items())
     cost = sum(problem.price_milli(i) * n for i, n in inst.items())
     goodput, pre, dec = goodput_parts(problem, alloc) if not bad else (0, 0, 0)
+    if not bad and goodput <= 0:
+        bad = "the allocation carries nothing (no instances, or a disaggregated plan missing a pool)"
     if not bad and goodput < problem.goal.target:
         bad = f"goodput {goodput * UNIT_RPS:.3f} req/s is below the target {problem.goal.target * UNIT_RPS:.3f}"
     obj = objective_value(problem, goodput, devices, power, cost)

@@ -14,6 +14,7 @@ from costmodel.disagg import (
     prefill_ttft_s,
 )
 from costmodel.engines import engine
+from costmodel.estimate import instance_memory
 from costmodel.instance import Instance
 from costmodel.layout import Layout
 from costmodel.precision import precision
@@ -143,3 +144,36 @@ def test_cli_plans_pools(tmp_path, capsys):
     assert main(["plan", "--model", "llama-3.1-8b", "--cluster", "dgx-h100", "--isl", "1", "--osl", "1",
                  "--rate", "1", "--modes", "agg,both"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+MEMORY_CASES = [  # (model, cluster, workload, precision, engine): long prompts where KV capacity binds
+    ("llama-3.1-8b", "atlas-800t-a2", {"isl": 65536, "osl": 64, "concurrency": 512}, "int4", "trtllm"),
+    ("llama-3.1-8b", "dgx-h100", {"isl": 32768, "osl": 512, "rate_rps": 1}, "bf16", "vllm"),
+    ("llama-3.1-70b", "dgx-h100x2", {"isl": 16384, "osl": 1024, "concurrency": 256}, "fp8", "sglang"),
+]
+
+
+@pytest.mark.parametrize("name,clu,wl,prec,eng", MEMORY_CASES)
+def test_no_pool_runs_more_sequences_than_its_kv_cache_holds(name, clu, wl, prec, eng):
+    r = plan(name, clu, workload=wl, precision=prec, engine=eng, search="cpsat", modes=("agg", "disagg"),
+             budget_s=60)
+    g = cluster(clu).groups[0]
+    assert r.plans
+    for p in r.plans:
+        for pool in p.pools:
+            assert pool["max_running"] >= 1 and pool["running"] <= pool["max_running"] * (1 + 1e-6), (p.label(), pool)
+        for lay in (p.layout, p.prefill_layout):
+            if lay is not None:  # weights, activations and at least one request's KV fit every device
+                inst = Instance(model(name), lay.model_copy(update={"dp": 1}), precision(prec), g, Profile(),
+                                engine(eng))
+                assert instance_memory(inst, Workload(**wl), engine(eng).max_num_batched_tokens).fits
+
+
+@pytest.mark.parametrize("search", ["heuristic", "cpsat", "lp", "exhaustive", "auto"])
+def test_closed_loop_disagg_without_a_decode_pool_says_what_binds(search):
+    with pytest.raises(InfeasibleError, match=r"no decode instance qualifies.*osl"):
+        plan("llama-3.1-8b", "dgx-h100", workload={"isl": 1024, "osl": 1, "concurrency": 64}, modes=("disagg",),
+             search=search, budget_s=2)
+    r = plan("llama-3.1-8b", "dgx-h100", workload={"isl": 1024, "osl": 1, "concurrency": 64},
+             modes=("agg", "disagg"), search=search, budget_s=2)
+    assert r.best.mode == "agg" and r.best.metrics["goodput_rps"] > 0
