@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from hardware.errors import PlannerInputError
 from planner.emit import ascend, dynamo, k8s, sglang, trtllm, vllm
 from planner.emit.deployment import Deployment, deployment
+from planner.emit.staging import staged
 from planner.result import write_atomic
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ def parse_targets(text: str) -> list[str]:
 def emit(result: PlanResult, target: str, out_dir: str | Path, top: int = 1) -> list[Path]:
     """Write `out_dir/<target>/plan-<rank>/` for each of the `top` best plans; return the written paths.
 
-    A plan the target cannot express (say, vLLM with experts over part of the TP group) is skipped and
-    listed with the reason in `SKIPPED.md`; if none can be expressed, PlannerInputError says why.
+    A plan the target cannot express (say, vLLM with experts over part of the TP group, or any plan of an
+    NVIDIA cluster for `ascend`) is skipped and listed with the reason in `<target>/SKIPPED.md`, so one
+    target never stops the others. The folder is built aside and renamed into place (planner.emit.staging).
     """
     if target not in EMITTERS:
         raise PlannerInputError(f"emit target '{target}' is unknown; use one of {', '.join(TARGETS)}")
@@ -51,19 +53,18 @@ def emit(result: PlanResult, target: str, out_dir: str | Path, top: int = 1) -> 
         raise PlannerInputError(f"top={top}: emit at least 1 plan")
     if not result.plans:
         raise PlannerInputError("no feasible plan to emit; relax the objectives or add devices")
-    base = Path(out_dir) / target
-    paths: list[Path] = []
-    skipped: list[str] = []
-    for plan in result.plans[:top]:
-        engine = ENGINE_OF.get(target, result.request.get("engine", "vllm"))
-        try:
-            dep = deployment(plan, result.request, engine if target != "k8s" else result.request.get("engine", "vllm"))
-            paths += EMITTERS[target](dep, base / f"plan-{plan.rank}")
-        except PlannerInputError as exc:
-            skipped.append(f"- {exc}")
-    if not paths:
-        raise PlannerInputError(skipped[0][2:] if skipped else f"nothing to emit for {target}")
-    if skipped:
-        text = f"# Plans not emitted for {target}\n\n" + "\n".join(skipped) + "\n"
-        paths.append(write_atomic(base / "SKIPPED.md", text))
-    return paths
+    final = Path(out_dir) / target
+    with staged(final) as stage:
+        paths: list[Path] = []
+        skipped: list[str] = []
+        for plan in result.plans[:top]:
+            engine = ENGINE_OF.get(target, result.request.get("engine", "vllm"))
+            try:
+                dep = deployment(plan, result.request, engine)
+                paths += EMITTERS[target](dep, stage / f"plan-{plan.rank}")
+            except PlannerInputError as exc:
+                skipped.append(f"- {exc}")
+        if skipped:
+            text = f"# Plans not emitted for {target}\n\n" + "\n".join(skipped) + "\n"
+            paths.append(write_atomic(stage / "SKIPPED.md", text))
+    return [final / p.relative_to(stage) for p in paths]

@@ -49,8 +49,8 @@ def notes(d: Deployment) -> list[str]:
 def emit(d: Deployment, out: Path) -> list[Path]:
     check_vendor(d, ("nvidia",), "trtllm", "TensorRT-LLM runs on NVIDIA GPUs only")
     tpl = template(TEMPLATE)
+    opts = options(d, d.pools[0])
     p = d.pool
-    opts = options(d, p)
     frags = fragments(d, p, tpl, opts, port="$PORT")
     files = common_files(d, p, frags, tpl, title=f"TensorRT-LLM {tpl['version']} launch of {d.model}",
                          engine_title=f"TensorRT-LLM {tpl['version']} (`trtllm-serve`)", nodes=1, env={},
