@@ -36,12 +36,15 @@ def state_dir() -> Path:
     return (Path(home) if home else Path.home() / ".cache" / "llm-planner") / LOCAL
 
 
+PROFILE_FILE, CLUSTER_FILE = "profile.json", "cluster.yaml"
+
+
 def cluster_path() -> Path:
-    return state_dir() / "cluster.yaml"
+    return state_dir() / CLUSTER_FILE
 
 
 def profile_path() -> Path:
-    return state_dir() / "profile.json"
+    return state_dir() / PROFILE_FILE
 
 
 def calibrated_profile(cluster: Cluster) -> Path | None:
@@ -198,6 +201,8 @@ def local_cluster() -> Cluster:
     """The measured description when `planner calibrate` wrote one, else an estimate of this machine."""
     p = cluster_path()
     if p.is_file():
-        return build(Cluster, read_mapping(p), f"local cluster file {p}")
+        measured = build(Cluster, read_mapping(p), f"local cluster file {p}")
+        return measured.model_copy(update={"description": f"{measured.description} (read from {p})"})
     names = gpu_names()
-    return gpu_cluster(names) if names else cpu_cluster()
+    est = gpu_cluster(names) if names else cpu_cluster()
+    return est.model_copy(update={"description": f"{est.description}; no measurement at {p}"})

@@ -31,8 +31,9 @@ from costmodel.workload_dist import draw as draw_requests
 from hardware.catalog import cluster as load_cluster
 from hardware.errors import PlannerInputError
 from hardware.loading import build
-from hardware.local import calibrated_profile
+from hardware.local import LOCAL, calibrated_profile
 from hardware.specs import Cluster
+from planner.calibrate.state import uncalibrated
 from planner.objective import PoolCapacity, ServingObjective
 from planner.result import Plan, PlanResult
 from searches import Budget, Solved, Space, rank
@@ -79,8 +80,13 @@ def _profile(device: str, profile: str | Path | Profile | None) -> Profile:
 
 
 def _local_profile(clu: Cluster, profile: str | Path | Profile | None) -> str | Path | Profile | None:
-    """`--cluster local` uses what `planner calibrate` measured here unless a profile is given."""
-    return profile if profile is not None else calibrated_profile(clu)
+    """`--cluster local` uses what `planner calibrate` measured here unless a profile is given; unmeasured,
+    its profile carries the wide error band of an estimate (planner.calibrate.state)."""
+    if profile is not None:
+        return profile
+    if clu.name == LOCAL and calibrated_profile(clu) is None:
+        return uncalibrated(profile_for(clu.groups[0].device.name))
+    return calibrated_profile(clu)
 
 
 def estimate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any] | None = None,
@@ -180,7 +186,8 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
                "slo": slo_.model_dump(exclude_none=True), "workload": wl.model_dump(exclude_none=True),
                "precision": prec.label, "engine": eng.name, "power_caps": list(caps),
                "usd_per_device_hour": usd_per_device_hour, "cluster_shape": _cluster_shape(clu),
-               "model_spec": spec.model_dump()}  # lets `planner verify` rebuild a model given by path or module
+               "model_spec": spec.model_dump(),  # lets `planner verify` rebuild a model given by path or module
+               **_profile_names(clu, profile)}
     stats = {"strategy": search_strategy, "evaluated": len(ordered), "feasible": len(plans),
              "seconds": round(time.monotonic() - started, 3),
              "objective": "goodput_rps per device" if wl.rate_rps else "output tok/s per device"}
@@ -190,6 +197,14 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
     if not plans:
         raise InfeasibleError(_why_nothing(spec.name, clu.name, rejected, slo_), result)
     return result
+
+
+def _profile_names(clu: Cluster, profile: str | Path | Profile | None) -> dict[str, str | None]:
+    """The profile a plan was predicted with: its file, when one was named (`planner verify` predicts with it
+    again), and a name for reports."""
+    prof = _profile(clu.groups[0].device.name, profile)
+    path = str(profile) if isinstance(profile, (str, Path)) else None
+    return {"profile": path, "profile_name": f"{prof.device}:{prof.trust}" + (f" ({path})" if path else "")}
 
 
 def _power_caps(caps: Sequence[float | None], clu: Cluster,

@@ -24,6 +24,7 @@ from costmodel.engines import ENGINES
 from costmodel.precision import KV_DTYPES, PRECISIONS
 from hardware import catalog as hw_catalog
 from hardware.errors import PlannerInputError
+from hardware.local import LOCAL
 from hardware.topology import tiers_table
 from planner.api import InfeasibleError, estimate, goodput, plan, simulate
 from planner.emit import parse_targets
@@ -153,7 +154,16 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
+def _say_if_uncalibrated(cluster: str) -> None:
+    """One line on stderr when `cluster` is this machine unmeasured (stdout stays the --json document)."""
+    from planner.calibrate.state import note
+
+    if cluster == LOCAL and (line := note(hw_catalog.cluster(cluster))):
+        Console(stderr=True).print(f"note: {line}", style="yellow")
+
+
 def cmd_estimate(a: argparse.Namespace, out: Console) -> int:
+    _say_if_uncalibrated(a.cluster)
     layout = {"tp": a.tp, "pp": a.pp, "dp": a.dp, "ep": a.ep, "attention_dp": a.attention_dp, "sp": a.sp}
     e = estimate(a.model, a.cluster, layout=layout, workload=_workload(a), precision=a.precision,
                  engine=a.engine, kv_cache_dtype=a.kv_cache_dtype, profile=a.profile)
@@ -230,6 +240,7 @@ def _plans_table(r: PlanResult, top: int) -> Table:
 
 
 def cmd_plan(a: argparse.Namespace, out: Console) -> int:
+    _say_if_uncalibrated(a.cluster)
     slo = {k: v for k, v in (("ttft_ms", a.ttft_ms), ("tpot_ms", a.tpot_ms)) if v}
     targets = parse_targets(a.emit) if a.emit else []
     if targets and not a.out:
@@ -401,6 +412,7 @@ def _sim_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], No
 
 
 def cmd_simulate(a: argparse.Namespace, out: Console) -> int:
+    _say_if_uncalibrated(a.cluster)
     req = _sim_request(a)
     slo = {k: v for k, v in (("ttft_ms", a.ttft_ms), ("tpot_ms", a.tpot_ms), ("e2e_ms", a.e2e_ms)) if v}
     long_run = (a.num_requests or 1000) >= SIM_PROGRESS_MIN or a.trace is not None
@@ -470,13 +482,17 @@ def _add_measured(sub: Any) -> None:
     c = sub.add_parser("calibrate", help="measure this machine (kernels, memory, collectives) and fit its profile; "
                                          "or fit engine constants to your own runs (--from-runs)")
     c.add_argument("--quick", action="store_true", help="a short sweep (seconds to a minute) instead of the full one")
-    c.add_argument("--out", help="profile file to write (default: the one `--cluster local` uses)")
-    c.add_argument("--from-runs", help="CSV of your own end-to-end runs in the silicon columns (e.g. the runs.csv "
-                                       "`planner verify` writes): fit engine constants instead of measuring")
-    c.add_argument("--profile", help="with --from-runs: the profile to tune (default: the device's current one)")
+    c.add_argument("--out", help="measuring: the folder for profile.json, cluster.yaml and kernels/ (default: the "
+                                 "cache `--cluster local` reads, $LLM_PLANNER_HOME/local); --from-runs: the learned "
+                                 "profile's file (default: a new file beside the profile it started from)")
+    c.add_argument("--from-runs", action="append", help="CSV of your own end-to-end runs in the silicon columns (e.g. "
+                                                        "the runs.csv `planner verify` writes; repeat for several): "
+                                                        "learn engine constants instead of measuring")
+    c.add_argument("--profile", help="with --from-runs: the profile to learn on (default: the device's current one)")
+    c.add_argument("--in-place", action="store_true", help="with --from-runs: overwrite that profile instead of "
+                                                           "writing a new one")
     c.add_argument("--devices", type=_positive_int, help="CPU-only machines: worker processes that stand for "
                                                          "devices (default: one per core, up to 8)")
-    c.add_argument("--kernels-dir", help="folder for the measured kernel CSVs (default: beside the profile)")
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
     v = sub.add_parser("verify", help="run the top plans of a plans folder for real and compare with the prediction")
     v.add_argument("plans_dir", help="folder holding plans.json (from `planner plan ... --out`)")
@@ -487,8 +503,9 @@ def _add_measured(sub: Any) -> None:
                    help="endpoint runner: http://host:port of plan N's OpenAI-compatible server, once per plan in rank "
                         "order (or a comma list)")
     v.add_argument("--served-model", default="", help="endpoint runner: model name the servers expect")
-    v.add_argument("--requests", type=_positive_int, help="requests per client (torch, default 4) or in all "
-                                                          "(endpoint, default 64)")
+    v.add_argument("--requests", type=_positive_int, help="torch runner: requests per closed-loop client (default 4), "
+                                                          "or in all for an open loop (default: 20 s of arrivals, at "
+                                                          "most 200); endpoint runner: in all (default 64)")
     v.add_argument("--time-limit-s", type=_positive_float, default=120.0, help="limit per plan and round")
     v.add_argument("--repeats", type=_positive_int,
                    help="interleaved rounds per plan, each keeping its median round (steadier on a shared machine; "
@@ -496,6 +513,8 @@ def _add_measured(sub: Any) -> None:
     v.add_argument("--layers", type=_positive_int, help="torch runner: layers of the model copy (default: sized to "
                                                         "this machine for plans made for another cluster)")
     v.add_argument("--out", help="folder for verify.json, verify.md and runs.csv (default: plans_dir)")
+    v.add_argument("--no-calibrate", action="store_true", help="torch runner: do not run `planner calibrate --quick` "
+                                                               "first on an uncalibrated machine")
     v.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -523,30 +542,12 @@ def _needs_torch() -> None:
 
 def cmd_calibrate(a: argparse.Namespace, out: Console) -> int:
     if a.from_runs:
-        from planner.calibrate.from_runs import fit_runs
-
-        fitted = fit_runs(a.from_runs, a.out, a.profile)
-        rows = [{"engine": f.engine, "runs": f.train_rows, "ttft_mdape_before": fitted.before[f.engine][0],
-                 "tpot_mdape_before": fitted.before[f.engine][1], "ttft_mdape_after": f.train_mdape[0],
-                 "tpot_mdape_after": f.train_mdape[1]} for f in fitted.fits]
-        if a.json:
-            print(json.dumps({"profile": str(fitted.path), "device": fitted.device, "engines": rows}, indent=2))
-            return 0
-        t = Table(title=f"engine constants fitted to {a.from_runs} ({fitted.device})")
-        for col in ("engine", "runs", "TTFT MdAPE % before", "after", "TPOT MdAPE % before", "after"):
-            t.add_column(col, justify="left" if col == "engine" else "right")
-        for r in rows:
-            t.add_row(r["engine"], str(r["runs"]), _fmt(r["ttft_mdape_before"]), _fmt(r["ttft_mdape_after"]),
-                      _fmt(r["tpot_mdape_before"]), _fmt(r["tpot_mdape_after"]))
-        out.print(t)
-        out.print(f"wrote {fitted.path}", style="dim")
-        return 0
+        return _learn_from_runs(a, out)
     _needs_torch()
     from planner.calibrate.run import calibrate
 
     with _stage_bar(not a.json) as tick:
-        c = calibrate(quick=a.quick, out=Path(a.out) if a.out else None, devices=a.devices,
-                      kernels_dir=Path(a.kernels_dir) if a.kernels_dir else None, progress=tick)
+        c = calibrate(quick=a.quick, out=Path(a.out) if a.out else None, devices=a.devices, progress=tick)
     g = c.cluster.groups[0]
     fams = {k: v.model_dump() for k, v in c.profile.fit_error.items()}
     if a.json:
@@ -575,15 +576,41 @@ def cmd_calibrate(a: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def _learn_from_runs(a: argparse.Namespace, out: Console) -> int:
+    from planner.calibrate.from_runs import fit_runs
+
+    f = fit_runs(a.from_runs, a.out, a.profile, a.in_place)
+    errors = {"before": f.before, "heldout": f.heldout, "after": f.after}
+    if a.json:
+        print(json.dumps({"profile": str(f.path) if f.path else None, "kept": f.kept, "reason": f.reason,
+                          "device": f.device, "runs": len(f.rows), "started_from": f.base,
+                          **{f"{k}_mdape": {"ttft_ms": v[0], "tpot_ms": v[1]} for k, v in errors.items()}},
+                         indent=2))
+        return 0
+    t = Table(title=f"learning from {len(f.rows)} runs ({f.device}): median absolute error %")
+    for col in ("metric", "current profile", "learned, held out", "learned, on its own runs"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for i, name in enumerate(("TTFT", "TPOT")):
+        t.add_row(name, _fmt(f.before[i]), _fmt(f.heldout[i]), _fmt(f.after[i]))
+    out.print(t)
+    out.print(f.reason)
+    if f.path is not None:
+        out.print(f"wrote {f.path}" + ("" if a.in_place else f"; plan with --profile {f.path}"), style="dim")
+    return 0
+
+
 def cmd_verify(a: argparse.Namespace, out: Console) -> int:
     from planner.verify.report import METRICS, verify
 
     if a.runner == "torch":
         _needs_torch()
     endpoints = [u.strip() for e in a.endpoint for u in e.split(",") if u.strip()]
+    if a.runner == "torch" and a.no_calibrate:
+        _say_if_uncalibrated(LOCAL)
     with _stage_bar(not a.json) as tick:
         rep = verify(a.plans_dir, a.top, a.runner, endpoints, a.served_model, a.requests, a.time_limit_s, a.layers,
-                     progress=tick, repeats=a.repeats or (TORCH_REPEATS if a.runner == "torch" else 1))
+                     progress=tick, repeats=a.repeats or (TORCH_REPEATS if a.runner == "torch" else 1),
+                     calibrate_first=not a.no_calibrate)
     written = rep.save(Path(a.out or a.plans_dir))
     if a.json:
         print(json.dumps(rep.as_dict(), indent=2))

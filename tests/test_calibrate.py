@@ -39,9 +39,13 @@ def test_quick_calibration_measures_this_machine(tmp_path: Path, monkeypatch: py
     workload = {"isl": 64, "osl": 16, "concurrency": 4}
     before = estimate("tiny-llama", "local", workload=workload)
     assert before.profile == "*:spec-default"  # nothing measured yet: estimates, and they say so
-    assert main(["calibrate", "--quick", "--json"]) == 0
+    folder = tmp_path / "elsewhere" / "local"
+    assert main(["calibrate", "--quick", "--out", str(folder), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["devices"] == 2 and out["device"] == "cpu" and out["seconds"] > 0
+    assert not (tmp_path / "local").exists()  # every file under --out, none in the cache
+    assert {p.name for p in folder.iterdir()} == {"profile.json", "cluster.yaml", "kernels"}
+    monkeypatch.setenv("LLM_PLANNER_HOME", str(folder.parent))  # that folder as the cache `--cluster local` reads
 
     prof = profile_for("cpu", profile_path())
     assert prof.trust == "measured-here" and prof.device == "cpu" and "planner calibrate --quick" in prof.source
@@ -54,7 +58,8 @@ def test_quick_calibration_measures_this_machine(tmp_path: Path, monkeypatch: py
     save_profile(prof, again)
     assert profile_for("cpu", again) == prof
 
-    here = cluster("local")  # the measured machine, sourced as such
+    here = cluster("local")  # the measured machine, sourced as such, saying where it was read from
+    assert here.description.endswith(f"(read from {cluster_path()})")
     acc = here.groups[0].device
     assert cluster_path().is_file() and "measured on this machine" in acc.sources["peak_tflops"]
     assert "measured on this machine" in here.groups[0].scaleup.sources["gbps"] and not here.missing_sources()
@@ -62,7 +67,7 @@ def test_quick_calibration_measures_this_machine(tmp_path: Path, monkeypatch: py
     # the measured profile is the one `--cluster local` uses (with the runner's overhead tuning active)
     assert after.profile.startswith("cpu:") and after.tpot_ms > 0 and after.tpot_ms != before.tpot_ms
 
-    kernels = tmp_path / "local" / "kernels"
+    kernels = folder / "kernels"
     for name, cols in AIC_COLUMNS.items():
         df = pd.read_csv(kernels / name)
         assert cols <= set(df.columns) and len(df) > 0 and (df["latency"] > 0).all(), name
@@ -70,6 +75,11 @@ def test_quick_calibration_measures_this_machine(tmp_path: Path, monkeypatch: py
     logs = pd.read_csv(kernels / "serving.csv")  # the runner's iterations, every mode and rank
     assert set(logs["mode"]) == {"dp", "tp"} and set(logs["rank"]) == {0, 1} and (logs["seconds"] > 0).all()
     assert "bf16" in fits.gemm and "bf16" in fits.attn_decode and "all_to_all" in fits.comm
+
+
+def test_calibrate_out_names_a_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", "--quick", "--out", "mine.json"]) == 2
+    assert "give a folder" in capsys.readouterr().err
 
 
 def test_from_runs_rejects_a_file_without_the_silicon_columns(tmp_path: Path,

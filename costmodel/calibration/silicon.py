@@ -2,7 +2,10 @@
 
 The same columns serve `planner calibrate --from-runs` for a user's own measurements: `model_path`,
 `system`, `backend`, `precision`, `mode`, `isl`, `osl`, `batch_size` (closed-loop concurrency),
-`tp_size`, `pp_size`, `attention_dp_size`, `moe_ep_size`, `silicon_ttft_ms`, `silicon_tpot_ms`.
+`tp_size`, `pp_size`, `attention_dp_size`, `moe_ep_size`, `silicon_ttft_ms`, `silicon_tpot_ms`. Two
+optional columns widen it to the runs `planner verify` writes: `request_rate_rps` (an open-loop run's
+arrival rate per instance, `batch_size` then left empty) and `engine` (the engine a run is predicted
+as when `backend` names a runner that stands in for it, as the torch runner does for the plan's engine).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ REQUIRED = ("model_path", "system", "backend", "precision", "mode", "isl", "osl"
 
 @dataclass(frozen=True)
 class Row:
-    """One measured aggregated (prefill and decode on one instance) closed-loop run."""
+    """One measured aggregated (prefill and decode on one instance) run: closed loop (`concurrency`
+    clients) or, with `rate_rps`, open loop."""
 
     line: int
     model: str
@@ -51,6 +55,14 @@ class Row:
     layout: Layout
     ttft_ms: float
     tpot_ms: float
+    rate_rps: float | None = None  # open loop: arrivals per second per instance
+    engine: str = ""  # the engine it is predicted as ("" = backend)
+
+    @property
+    def workload(self) -> Workload:
+        if self.rate_rps is not None:
+            return Workload(isl=self.isl, osl=self.osl, rate_rps=self.rate_rps)
+        return Workload(isl=self.isl, osl=self.osl, concurrency=self.concurrency)
 
     @property
     def group(self) -> str:
@@ -81,9 +93,11 @@ def load_rows(path: str | Path, mode: str = "agg") -> list[Row]:
             try:
                 lay = Layout(tp=_int(r["tp_size"]), pp=_int(r["pp_size"]),
                              attention_dp=_int(r.get("attention_dp_size")), ep=_int(r.get("moe_ep_size")))
+                rate = r.get("request_rate_rps") or None
                 out.append(Row(i, r["model_path"], r["system"], r["backend"], r["precision"] or "",
                                _int(r["isl"]), _int(r["osl"]), _int(r["batch_size"]), lay,
-                               float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])))
+                               float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"]),
+                               float(rate) if rate is not None else None, r.get("engine") or ""))
             except ValidationError as exc:
                 raise PlannerInputError(validation_sentence(exc, f"{p} line {i}")) from None
             except (ValueError, TypeError) as exc:
@@ -128,8 +142,8 @@ def predict(row: Row, kv_cache_dtype: str = AS_MEASURED, profile: Profile | None
     group = load_cluster(SYSTEMS[row.system]).groups[0]
     inst = build_instance(load_model(row.model), row.layout,
                           load_precision(PRECISION[row.precision], kv_for(row, kv_cache_dtype)), group,
-                          profile or profile_for(group.device.name), load_engine(row.backend))
-    return estimate_instance(inst, Workload(isl=row.isl, osl=row.osl, concurrency=row.concurrency))
+                          profile or profile_for(group.device.name), load_engine(row.engine or row.backend))
+    return estimate_instance(inst, row.workload)
 
 
 def ape(predicted: float, measured: float) -> float:

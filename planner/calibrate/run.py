@@ -9,7 +9,7 @@
    bandwidth = a large copy, link = the send/recv fit) as `--cluster local`.
 4. `fit_profile(group, kernels_dir, trust="measured-here")` fits the efficiencies; the send/recv fit,
    the runner's own tuning and its in-pass all-reduce (`planner.calibrate.overhead`) and their error
-   band are added; the profile is saved where `--cluster local` finds it (or at `--out`).
+   band are added; all of it is saved in one folder: the cache `--cluster local` reads, or `--out`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from costmodel.models import ModelSpec
 from hardware import local
 from hardware.catalog import accelerator as catalog_accelerator
 from hardware.catalog import resolve
+from hardware.errors import PlannerInputError
 from hardware.loading import write_atomic
 from hardware.specs import Cluster, Link, NodeGroup
 from planner.calibrate.measure import SERVING_SHAPES, Job, measure_worker, serving_models, steps
@@ -173,9 +174,13 @@ def save_cluster(cluster: Cluster, path: Path) -> Path:
 
 
 def calibrate(quick: bool = False, out: Path | None = None, devices: int | None = None,
-              kernels_dir: Path | None = None, progress: Progress | None = None,
-              timeout_s: float = 900.0) -> Calibration:
-    """Measure this machine and write its cluster description and profile."""
+              progress: Progress | None = None, timeout_s: float = 900.0) -> Calibration:
+    """Measure this machine and write what was measured into the folder `out`: `profile.json`,
+    `cluster.yaml` and `kernels/*.csv`, nothing elsewhere. Without `out`, that folder is the cache
+    `--cluster local` reads (`hardware.local.state_dir()`, `$LLM_PLANNER_HOME/local`)."""
+    if out is not None and out.suffix in (".json", ".yaml", ".yml", ".csv"):
+        raise PlannerInputError(f"--out {out}: give a folder; calibrate writes profile.json, cluster.yaml and "
+                                "kernels/ into it")
     import time
 
     started = time.monotonic()
@@ -184,7 +189,8 @@ def calibrate(quick: bool = False, out: Path | None = None, devices: int | None 
     world = len(gpus) if gpus else local.cpu_devices(devices)
     sweep: Sweep = for_device(device, quick)
     total = steps(sweep, world) + 1
-    folder = kernels_dir or local.state_dir() / "kernels"
+    home = out or local.state_dir()
+    folder = home / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
 
     def on_progress(rank: int, msg: tuple[Any, ...]) -> None:
@@ -226,9 +232,9 @@ def calibrate(quick: bool = False, out: Path | None = None, devices: int | None 
     # the spread of the runner's measured / predicted speed over the calibration runs, as every local
     # prediction's uncertainty band (plan explanations say when two plans are closer than it)
     profile = for_every_engine(profile, runner.tuning.model_copy(update={"error_band": error_band(ratios)}))
-    target = out or local.profile_path()
+    target = home / local.PROFILE_FILE
     save_profile(profile, target)
-    cpath = save_cluster(cluster, local.cluster_path())
+    cpath = save_cluster(cluster, home / local.CLUSTER_FILE)
     if progress is not None:
         progress("done", total, total)
     return Calibration(profile, target, cluster, cpath, folder, time.monotonic() - started, runner.error_pct)

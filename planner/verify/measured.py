@@ -4,7 +4,9 @@ Shared by the torch runner and the endpoint runner. For a closed loop the window
 client's first request (the warm-up, and the staggered start) has ended and closes when the first
 client runs out of requests (after that fewer clients are in flight); requests wholly inside it
 are measured, and throughput counts the tokens emitted inside it. An open loop measures every
-request, over the span from the first arrival to the last token.
+request, and its throughput over the span from the first arrival to the last: the tokens emitted
+while the planned load arrived (the last requests' tails, past the last arrival, would stretch the
+span by a request's length).
 """
 
 from __future__ import annotations
@@ -124,9 +126,11 @@ def summarize(reqs: Sequence[Timed], closed_loop: bool, failures: dict[str, int]
             start = min(r.submit for r in inside)
             end = max(r.tokens[-1] for r in inside)
             notes = (*notes, "no steady window (too few requests per client): measured all but each client's first")
-    else:
+    else:  # every request, and the tokens emitted while requests arrived (the planned load's span)
         inside = done
-        start, end = min(r.submit for r in done), max(r.tokens[-1] for r in done)
+        start, end = min(r.submit for r in done), max(r.submit for r in done)
+        if end <= start:  # one arrival: to its last token
+            end = max(r.tokens[-1] for r in done)
     span = max(end - start, 1e-9)
     emitted = sum(r.n / len(r.tokens) for r in done for t in r.tokens if start <= t <= end)
     tpots = [r.tpot for r in inside if math.isfinite(r.tpot)]

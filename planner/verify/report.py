@@ -25,16 +25,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hardware.catalog import cluster as load_cluster
 from hardware.errors import PlannerInputError
 from hardware.loading import read_mapping, write_atomic
-from hardware.local import LOCAL
+from hardware.local import LOCAL, calibrated_profile
 from planner.verify.measured import Measured, median_of
-from planner.verify.sizing import LocalRun, local_run
+from planner.verify.sizing import LocalRun, local_run, replanned
 
 METRICS = ("ttft_ms", "tpot_ms", "output_tok_s")
 SILICON = ("model_path", "system", "backend", "precision", "mode", "isl", "osl", "batch_size", "tp_size", "pp_size",
            "attention_dp_size", "moe_ep_size", "silicon_ttft_ms", "silicon_tpot_ms")
+# after the silicon columns, per instance: the open-loop arrival rate (batch_size, the closed-loop clients,
+# is then empty), the engine the runner stood in for, the measured output and request rates (requests
+# completed per second: the output rate over the output length), TTFT and TPOT
+# percentiles over the measured requests, and which plan ran with how many replicas and measured requests
+RUN_COLUMNS = ("request_rate_rps", "engine", "silicon_output_tok_s", "silicon_request_rate_rps",
+               "silicon_ttft_p50_ms", "silicon_ttft_p90_ms", "silicon_ttft_p99_ms", "silicon_tpot_p50_ms",
+               "silicon_tpot_p90_ms", "silicon_tpot_p99_ms", "replicas", "plan", "requests")
 # catalog cluster -> the silicon CSV's `system` name (costmodel.calibration.silicon.SYSTEMS, reversed)
 SYSTEM_OF = {"dgx-h100": "h100_sxm", "hgx-h200": "h200_sxm", "dgx-b200": "b200_sxm", "gb200-nvl72": "gb200",
              "dgx-a100": "a100_sxm"}
@@ -219,26 +228,51 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def runs_csv(self) -> str:
-        """The measured runs in the silicon CSV columns (one instance per row; closed loops only)."""
+        """The measured runs in the silicon CSV columns, one instance per row (a run's replicas share its
+        load evenly), closed and open loop alike, then the columns `RUN_COLUMNS` describes."""
         out = io.StringIO()
         w = csv.writer(out)
-        w.writerow(SILICON)
+        w.writerow((*SILICON, *RUN_COLUMNS))
         for r in self.rows:
             run, m = r.run, r.measured
-            if not (m.ok and run.workload.concurrency is not None and math.isfinite(m.tpot_ms)):
+            if not (m.ok and math.isfinite(m.tpot_ms)):
                 continue
-            lay = run.layout
-            system = "local" if self.runner == "torch" else system_of(self.request["cluster"])
+            lay, wl = run.layout, run.workload
+            system = LOCAL if self.runner == "torch" else system_of(self.request["cluster"])
             model = run.spec.hf_id or (self.request["model"] if run.as_planned else run.spec.name)
-            w.writerow([model, system, run.engine, "" if run.precision == "bf16" else run.precision, "agg",
-                        run.workload.isl, run.workload.osl, -(-run.workload.concurrency // lay.dp), lay.tp, lay.pp,
-                        lay.attention_dp, lay.ep, round(m.ttft_ms, 4), round(m.tpot_ms, 4)])
+            per = wl.per_replica(lay.dp)
+            ttft = [t * 1e3 for t, _ in m.per_request]
+            tpot = [t * 1e3 for _, t in m.per_request if t > 0]
+            w.writerow([model, system, self.backend(run), "" if run.precision == "bf16" else run.precision, "agg",
+                        wl.isl, wl.osl, per.concurrency if per.concurrency is not None else "", lay.tp, lay.pp,
+                        lay.attention_dp, lay.ep, round(m.ttft_ms, 4), round(m.tpot_ms, 4),
+                        _num(per.rate_rps), run.engine, _num(m.output_tok_s / lay.dp),
+                        _num(m.output_tok_s / wl.osl / lay.dp),
+                        *(_num(_percentile(ttft, q)) for q in (50, 90, 99)),
+                        *(_num(_percentile(tpot, q)) for q in (50, 90, 99)), lay.dp, run.label, m.requests])
         return out.getvalue()
+
+    def backend(self, run: LocalRun) -> str:
+        """What served the run: the torch runner (standing in for the plan's engine), or the deployed engine."""
+        return "torch" if self.runner == "torch" else run.engine
+
+    def unwritten(self) -> list[str]:
+        """Why each plan left out of runs.csv is missing from it."""
+        return [f"#{r.run.rank} {r.run.label}: {r.measured.error or 'no request measured a TPOT'}"
+                for r in self.rows if not (r.measured.ok and math.isfinite(r.measured.tpot_ms))]
 
     def save(self, out_dir: Path) -> dict[str, Path]:
         return {"json": write_atomic(out_dir / "verify.json", json.dumps(self.as_dict(), indent=2) + "\n"),
                 "md": write_atomic(out_dir / "verify.md", self.markdown()),
                 "runs": write_atomic(out_dir / "runs.csv", self.runs_csv())}
+
+
+def _num(v: float | None) -> str | float:
+    return round(v, 4) if v is not None and math.isfinite(v) else ""
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else math.nan
 
 
 def _f(v: float, digits: int = 2) -> str:
@@ -263,11 +297,14 @@ Runner = Callable[[LocalRun], Measured]
 def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints: Sequence[str] = (),
            served_model: str = "", requests: int | None = None, time_limit_s: float = 120.0,
            layers: int | None = None, progress: Callable[[str, int, int], None] | None = None,
-           repeats: int = 1) -> Report:
+           repeats: int = 1, calibrate_first: bool = True) -> Report:
     """Run the `top` best plans of `plans_dir` with `runner` and compare them with their predictions.
 
     With `repeats` > 1 the plans run in interleaved rounds (1, 2, 3, 1, 2, 3, ...) and each keeps its
-    median round, so a burst of load from other processes, or one lucky round, cannot decide the order."""
+    median round, so a burst of load from other processes, or one lucky round, cannot decide the order.
+    With `calibrate_first` the torch runner first measures an uncalibrated machine (`planner calibrate
+    --quick`, into the cache `--cluster local` reads) and the plans are predicted again with its profile:
+    an uncalibrated prediction of `local` is off by 10x and more, and checking it says nothing."""
     if top < 1:
         raise PlannerInputError(f"--top {top} must be at least 1")
     if repeats < 1:
@@ -283,10 +320,13 @@ def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints
     if runner == "torch":
         from planner.verify.runner import run_torch  # torch: the [verify] extra
 
-        runs = [local_run(request, p, layers) for p in plans]
+        if calibrate_first and not request.get("profile") and calibrated_profile(load_cluster(LOCAL)) is None:
+            notes.append(calibrate_here(progress))
+        fresh, name = replanned(request) if request["cluster"] == LOCAL and layers is None else ({}, "")
+        runs = [local_run(request, p, layers, fresh, name) for p in plans]
 
         def measure(run: LocalRun) -> Measured:
-            return run_torch(run, requests or 4, time_limit_s)
+            return run_torch(run, requests, time_limit_s)
     elif runner == "endpoint":
         from planner.verify.endpoint import Endpoint, run_endpoint
 
@@ -320,16 +360,26 @@ def verify(plans_dir: str | Path, top: int = 3, runner: str = "torch", endpoints
     rows = [Row(run, median_of(rounds[run.rank]), run.layout.total_devices) for run in runs]
     if progress is not None:
         progress("done", total, total)
-    return Report(request, runner, rows, time.monotonic() - started, notes, prediction_band(request, runner))
+    report = Report(request, runner, rows, time.monotonic() - started, notes, prediction_band(request, runner))
+    notes += [f"not in runs.csv (nothing to learn from): {why}" for why in report.unwritten()]
+    return report
+
+
+def calibrate_here(progress: Callable[[str, int, int], None] | None) -> str:
+    """Run `planner calibrate --quick` into the local cache; the note saying so."""
+    from planner.calibrate.run import calibrate
+
+    done = calibrate(quick=True, progress=progress)
+    return (f"this machine was not calibrated: verify ran `planner calibrate --quick` first ({done.seconds:.0f} s, "
+            f"profile {done.profile_path}) and predicted the plans again with it (--no-calibrate to skip)")
 
 
 def prediction_band(request: dict[str, Any], runner: str) -> tuple[float, float] | None:
-    """The TPOT error band (p10/p90 of measured / predicted) of the profile the predictions came from: this
-    machine's for the torch runner (every run is predicted on `local`), the planned cluster's otherwise."""
-    from costmodel.calibration.profile import profile_for
-    from hardware.local import calibrated_profile
+    """The TPOT error band (p10/p90 of measured / predicted) of the profile the predictions came from: the
+    one the plans named, else this machine's for the torch runner (every run is predicted on `local`; an
+    uncalibrated one's band is wide), the planned cluster's otherwise."""
+    from planner.calibrate.state import profile_of
 
     here = load_cluster(LOCAL if runner == "torch" else request["cluster"])
-    prof = profile_for(here.groups[0].device.name, calibrated_profile(here))
-    band = prof.for_engine(request.get("engine", "vllm")).error_band.get("tpot_ms")
+    band = profile_of(here, request.get("profile")).for_engine(request.get("engine", "vllm")).error_band.get("tpot_ms")
     return (float(band[0]), float(band[1])) if band else None

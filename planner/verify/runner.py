@@ -19,18 +19,21 @@ def device_kind() -> str:
     return "cuda" if local.gpu_names() else "cpu"
 
 
-def run_spec(run: LocalRun, requests: int, seed: int = 0) -> RunSpec:
+def run_spec(run: LocalRun, requests: int | None = None, seed: int = 0) -> RunSpec:
+    """`requests`: per client in a closed loop (default 4), in all in an open loop (default: the
+    arrivals of OPEN_LOOP_SECONDS at the planned rate, at most 200)."""
     eng = load_engine(run.engine)
     wl = run.workload
     if wl.rate_rps is not None:
-        requests = max(requests, min(200, math.ceil(wl.rate_rps * OPEN_LOOP_SECONDS)))
+        requests = requests or max(2, min(200, math.ceil(wl.rate_rps * OPEN_LOOP_SECONDS)))
+    requests = requests or 4
     return RunSpec(model=run.spec.model_dump(), layout=run.layout.model_dump(), isl=wl.isl, osl=wl.osl,
                    concurrency=wl.concurrency, rate_rps=wl.rate_rps, requests=requests,
                    max_num_seqs=eng.max_num_seqs, max_num_batched_tokens=eng.max_num_batched_tokens, seed=seed,
                    device=device_kind())
 
 
-def run_torch(run: LocalRun, requests: int = 4, time_limit_s: float = 120.0, seed: int = 0) -> Measured:
+def run_torch(run: LocalRun, requests: int | None = None, time_limit_s: float = 120.0, seed: int = 0) -> Measured:
     """Serve `run`'s workload with its layout in `layout.total_devices` processes; never raises for a
     failed run (the failure is the measurement)."""
     spec = run_spec(run, requests, seed)

@@ -1,6 +1,8 @@
 """What the torch runner runs for a plan, and what the cost model predicts for exactly that.
 
-A plan made for `--cluster local` runs as planned and is held to its own prediction. A plan made
+A plan made for `--cluster local` runs as planned and is held to its prediction, made again with the
+profile `local` has now (or the one the plan named), since the machine may have been calibrated or
+have learned from runs since it was planned. A plan made
 for another cluster cannot run there from here, so it runs on this machine as a scaled copy:
 the same family, layout and per-replica load, with as many replicas as fit, fewer layers (and,
 if one layer per stage is still too heavy for a short run, half the width, repeatedly) and
@@ -109,8 +111,24 @@ def size_model(spec: ModelSpec, lay: Layout, gbps: float, layers: int | None = N
                     f"vocab {scaled.vocab_size}"]
 
 
-def local_run(request: dict[str, Any], plan: dict[str, Any], layers: int | None = None) -> LocalRun:
-    """The run for one plans.json entry (see module doc)."""
+def replanned(request: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str]:
+    """A `--cluster local` request planned again with the profile `local` has now (or the one it named):
+    its plans by label, and that profile's name. Nothing when no plan is feasible now."""
+    from planner.api import InfeasibleError, plan
+
+    weights, _, kv = request.get("precision", "bf16").partition("+kv-")
+    try:
+        res = plan(plan_model(request), LOCAL, slo=request.get("slo"), workload=request["workload"],
+                   precision=weights, kv_cache_dtype=kv or "auto", engine=request.get("engine", "vllm"),
+                   profile=request.get("profile"), power_caps=request.get("power_caps") or (None,))
+    except InfeasibleError:
+        return {}, ""
+    return {p.label(): p.as_dict() for p in res.plans}, res.request.get("profile_name", "")
+
+
+def local_run(request: dict[str, Any], plan: dict[str, Any], layers: int | None = None,
+              fresh: dict[str, dict[str, Any]] | None = None, profile_name: str = "") -> LocalRun:
+    """The run for one plans.json entry (see module doc); `fresh`: the request planned again (`replanned`)."""
     from planner.api import estimate  # planner.api imports the searches; keep `import planner.verify` light
 
     spec = plan_model(request)
@@ -124,8 +142,14 @@ def local_run(request: dict[str, Any], plan: dict[str, Any], layers: int | None 
     predicted = {k: float(plan["metrics"][k]) for k in ("ttft_ms", "tpot_ms", "output_tok_s")}
     base = dict(rank=plan["rank"], label=plan["label"], slo=slo, precision=weights, engine=engine)
     if request["cluster"] == LOCAL and layers is None:
-        return LocalRun(spec=spec, layout=lay, workload=wl, predicted=predicted, predicted_score=plan["score"],
-                        as_planned=True, **base)
+        now = (fresh or {}).get(plan["label"], plan)  # the same layout planned again with today's profile
+        notes = []
+        if now is not plan and any(not math.isclose(float(now["metrics"][k]), v, rel_tol=0.005)
+                                   for k, v in predicted.items()):
+            notes.append(f"predicted again with {profile_name} (plans.json said TTFT {predicted['ttft_ms']:.3g} ms, "
+                         f"TPOT {predicted['tpot_ms']:.3g} ms)")
+        return LocalRun(spec=spec, layout=lay, workload=wl, predicted={k: float(now["metrics"][k]) for k in predicted},
+                        predicted_score=now["score"], as_planned=True, notes=tuple(notes), **base)
     here = load_cluster(LOCAL)
     n = here.num_devices
     if lay.instance_devices > n:
