@@ -60,7 +60,7 @@ class RoleCapacity:
 
 def kv_transfer_bytes(model: ModelSpec, prec: Precision, isl: int) -> float:
     """Bytes of KV cache one prompt of `isl` tokens leaves behind (all layers, the whole instance)."""
-    return model.kv_elems_per_token(isl) * prec.kv_bytes * isl
+    return model.cache_bytes_per_token(prec.kv_bytes, isl) * isl
 
 
 def kv_transfer_s(inst: Instance, isl: int, link: Link) -> float:

@@ -269,9 +269,8 @@ def iteration_power_w(inst: Instance, b: Batch) -> Num:
     pm = power_model(acc, prof)
     ops: dict[str, Op] = {}
     m = inst.model
-    for moe_layer, count in ((False, m.dense_layers), (True, m.moe_layers)):
-        if count:
-            ops.update({op.name: op for op in inst._ops(stage, moe_layer)})
+    for kind, _ in m.layer_kinds:
+        ops.update({op.name: op for op in inst._ops(stage, kind)})
     ops["lm_head"] = lm_head_op(m, inst.layout, inst.prec, stage)
     comm_w = _comm_power_w(inst, pm)
     energy: Num = 0.0

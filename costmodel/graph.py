@@ -9,19 +9,25 @@ from __future__ import annotations
 import networkx as nx
 
 from costmodel.layout import Layout
-from costmodel.models import ModelSpec
+from costmodel.models import LayerSpec, ModelSpec
 from costmodel.ops import Batch, attention_ops, dense_mlp_ops, elementwise_op, moe_ops
 from costmodel.precision import Precision
 
 
-def layer_graph(model: ModelSpec, layout: Layout, prec: Precision, batch: Batch, moe_layer: bool) -> nx.DiGraph:
-    """One layer's per-device ops for `batch`: attention block, then the MLP or MoE block."""
-    g = nx.DiGraph(layer="moe" if moe_layer else "dense", model=model.name)
+def layer_graph(model: ModelSpec, layout: Layout, prec: Precision, batch: Batch,
+                layer: LayerSpec | bool) -> nx.DiGraph:
+    """One layer's per-device ops for `batch`: its token mixer, then its MLP or MoE block; `layer`
+    is a layer kind of the model, or True / False for its first MoE / non-MoE layer."""
+    if isinstance(layer, bool):
+        layer = model.kind_of(layer)
+    mlp = {"moe": moe_ops, "dense": dense_mlp_ops}.get(layer.ffn)
+    g = nx.DiGraph(layer=layer.ffn if layer.attention == "full" else f"{layer.attention}+{layer.ffn}",
+                   model=model.name)
     g.add_node("input", kind="io", flops=0.0, bytes=0.0)
     prev = "input"
     blocks = [
-        ("attention", attention_ops(model, layout, prec, batch)),
-        ("mlp", moe_ops(model, layout, prec, batch) if moe_layer else dense_mlp_ops(model, layout, prec, batch)),
+        ("attention", attention_ops(model, layout, prec, batch, layer)),
+        ("mlp", mlp(model, layout, prec, batch) if mlp else []),
     ]
     for block, ops in blocks:
         block_in = prev

@@ -13,6 +13,7 @@ model with a large vocabulary makes it the slowest.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, reduce
 
@@ -23,7 +24,7 @@ from costmodel.calibration.profile import CommFit, Profile
 from costmodel.energy import capped_op_time_s
 from costmodel.engines import Engine
 from costmodel.layout import Layout
-from costmodel.models import ModelSpec
+from costmodel.models import LayerSpec, ModelSpec
 from costmodel.ops import (
     Batch,
     Num,
@@ -96,11 +97,11 @@ class Instance:
         return contiguous_tier(self.group, self.layout.instance_devices)
 
     # ---- per-layer pieces ----------------------------------------------------------------
-    def _ops(self, b: Batch, moe_layer: bool) -> list[Op]:
-        ops = attention_ops(self.model, self.layout, self.prec, b)
-        if moe_layer:
+    def _ops(self, b: Batch, layer: LayerSpec) -> list[Op]:
+        ops = attention_ops(self.model, self.layout, self.prec, b, layer)
+        if layer.ffn == "moe":
             ops += moe_ops(self.model, self.layout, self.prec, b, self.routed_skew, self.redundant_experts)
-        else:
+        elif layer.ffn == "dense":
             ops += dense_mlp_ops(self.model, self.layout, self.prec, b)
         ops.append(elementwise_op(self.model, self.layout, b))
         return ops
@@ -112,16 +113,16 @@ class Instance:
             return fit
         return CommFit(eff=self.profile.scaleout_eff, alpha_us=fit.alpha_us)
 
-    def _comm(self, b: Batch, moe_layer: bool) -> dict[str, Num]:
+    def _comm(self, b: Batch, layer: LayerSpec) -> dict[str, Num]:
         lay = self.layout
         act = self.prec.act_bytes * self.model.hidden_size
         tokens_dev = b.tokens / lay.attention_dp
         out: dict[str, Num] = {}
-        if lay.tp > 1:
+        if lay.tp > 1 and layer.attention != "none":
             out["tp_allreduce_attn"] = comm.all_reduce_s(tokens_dev * act, lay.tp, self.tp_link,
                                                            self._fit("all_reduce", self.tp_link))
-        if not moe_layer:
-            if lay.tp > 1:
+        if layer.ffn != "moe":
+            if lay.tp > 1 and layer.ffn == "dense":
                 out["tp_allreduce_mlp"] = comm.all_reduce_s(tokens_dev * act, lay.tp, self.tp_link,
                                                            self._fit("all_reduce", self.tp_link))
             return out
@@ -158,21 +159,19 @@ class Instance:
         running = (b.decode_seqs + b.prefill_seqs) / adp
         return eng.iteration_overhead_ms * 1e-3 + running * eng.per_seq_overhead_us * 1e-6 + per_kernel * kernels
 
-    def _layers(self, b: Batch) -> dict[bool, tuple[dict[str, Num], int]]:
-        """Per layer kind (dense False, MoE True) present in the model: seconds per component of one
-        layer for batch `b`, and the kernels one layer launches."""
+    def _layers(self, b: Batch) -> dict[LayerSpec, tuple[dict[str, Num], int]]:
+        """Per layer kind of the model (`ModelSpec.layer_kinds`): seconds per component of one layer
+        for batch `b`, and the kernels one layer launches."""
         m = self.model
         mb = self.micro_batches
         part = b.split(mb) if mb > 1 else b  # what each pass of a two-batch-overlap schedule runs
-        out: dict[bool, tuple[dict[str, Num], int]] = {}
-        for moe_layer, count in ((False, m.dense_layers), (True, m.moe_layers)):
-            if not count:
-                continue
-            ops = self._ops(part, moe_layer)
+        out: dict[LayerSpec, tuple[dict[str, Num], int]] = {}
+        for kind, _ in m.layer_kinds:
+            ops = self._ops(part, kind)
             times: dict[str, Num] = {}
             for op in ops:
                 times[op.name] = times.get(op.name, 0.0) + mb * self._op_s(op)
-            per_part = self._comm(part, moe_layer)
+            per_part = self._comm(part, kind)
             per_part.update(sp.layer_comm_s(self, part, times.get("attn_prefill", 0.0) / mb))
             comms = {name: mb * t for name, t in per_part.items()}
             if mb > 1:
@@ -180,7 +179,7 @@ class Instance:
             layer: dict[str, Num] = {}
             for name, t in (*times.items(), *comms.items()):
                 layer[name] = layer.get(name, 0.0) + t
-            out[moe_layer] = (layer, len(ops) * mb)
+            out[kind] = (layer, len(ops) * mb)
         return out
 
     def _send_s(self, b: Batch) -> Num:
@@ -194,7 +193,7 @@ class Instance:
         """Seconds per component for one full forward pass of batch `b` (all stages)."""
         m = self.model
         layers = self._layers(b)
-        counts = {False: m.dense_layers, True: m.moe_layers}
+        counts = dict(m.layer_kinds)
         out: dict[str, Num] = {}
         kernels = 0
         for kind, (layer, launched) in layers.items():
@@ -209,8 +208,8 @@ class Instance:
 
     def stages_s(self, b: Batch) -> list[Num]:
         """Busy seconds of each pipeline stage for one pass of batch `b`, sends left out (they cross
-        the link between stages): its layers (`stage_layers`; a MoE model's leading dense layers
-        first), plus the scheduler's per-step overhead on the first stage and the LM head on the last.
+        the link between stages): its layers (`stage_layers`, each stage's own layer kinds), plus the
+        scheduler's per-step overhead on the first stage and the LM head on the last.
         They sum to `breakdown(b)` less the sends."""
         m = self.model
         layers = self._layers(b)
@@ -218,13 +217,11 @@ class Instance:
         out: list[Num] = []
         start = 0
         for i, n in enumerate(stage_layers(m.num_layers, self.layout.pp)):
-            dense = max(0, min(start + n, m.dense_layers) - start)
             t: Num = sched if i == 0 else 0.0
-            for kind, count in ((False, dense), (True, n - dense)):
-                if count:
-                    layer, launched = layers[kind]
-                    t = t + count * sum(layer.values())
-                    t = t + self._overhead_s(b, count * launched) - sched  # this stage's own launches
+            for kind, count in Counter(m.layer_list[start:start + n]).items():
+                layer, launched = layers[kind]
+                t = t + count * sum(layer.values())
+                t = t + self._overhead_s(b, count * launched) - sched  # this stage's own launches
             out.append(t)
             start += n
         out[-1] = out[-1] + self._op_s(lm_head_op(m, self.layout, self.prec, b))

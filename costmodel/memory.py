@@ -38,30 +38,36 @@ class MemoryBreakdown:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def weight_bytes_per_device(model: ModelSpec, lay: Layout, prec: Precision, redundant_experts: int = 0) -> float:
-    """Weights on one device of the stage holding the most (the first: embeddings + layers);
-    `redundant_experts` extra routed-expert copies per MoE layer (EPLB) add to every rank's share."""
+def weight_bytes_per_device(model: ModelSpec, lay: Layout, prec: Precision, redundant_experts: int = 0,
+                            mtp: bool = False) -> float:
+    """Weights on one device of the stage holding the most (the first: embeddings + layers, and a
+    multimodal checkpoint's tower); `redundant_experts` extra routed-expert copies per MoE layer (EPLB)
+    add to every rank's share; `mtp` loads the MTP modules too (drafting with them)."""
     wb = prec.weight_bytes
     layers = -(-model.num_layers // lay.pp)
-    dense_share = model.dense_layers / model.num_layers
-    per_layer = model.attention_params / lay.tp + 2 * model.hidden_size
-    per_layer += dense_share * model.dense_mlp_params / lay.tp
-    if model.moe:
-        moe_share = model.moe_layers / model.num_layers
-        per_layer += moe_share * (model.shared_expert_params / lay.tp + model.router_params)
+    # the mean layer's non-routed weights: its mixer and dense MLP or shared experts split over tp,
+    # norms and router whole
+    per_kind = 0.0
+    for kind, count in model.layer_kinds:
+        w = model.mixer_params(kind) / lay.tp + 2 * model.hidden_size
+        if kind.ffn == "dense":
+            w += model.dense_mlp_params / lay.tp
+        elif kind.ffn == "moe":
+            w += model.shared_expert_params / lay.tp + model.router_params
+        per_kind += count * w
+    per_layer = per_kind / model.num_layers
     # Embedding and LM head are vocab-parallel over tp; with pp>1 they sit on different stages.
     vocab = (model.embedding_params + (model.lm_head_params if lay.pp == 1 else 0)) / lay.tp
-    return (layers * per_layer + vocab) * wb + expert_bytes_per_device(model, lay, prec, redundant_experts)
+    extra = (model.vision_params + (model.mtp_params if mtp else 0)) / lay.tp
+    return (layers * per_layer + vocab + extra) * wb + expert_bytes_per_device(model, lay, prec, redundant_experts)
 
 
 def kv_bytes_per_token_device(model: ModelSpec, lay: Layout, prec: Precision, context: int | None = None) -> float:
-    """KV bytes one token of context costs on one device (MLA's latent is replicated over tp)."""
+    """KV cache and state bytes one token of context costs on one device: summed per layer from its
+    kind (`ModelSpec.cache_bytes_per_token`: MLA's latent replicated over tp, windows capped, a state
+    layer's fixed state spread over the `context` tokens of a sequence)."""
     layers_share = -(-model.num_layers // lay.pp) / model.num_layers
-    per_token = model.kv_elems_per_token(context) * layers_share * prec.kv_bytes
-    if model.mla:
-        return per_token
-    kv_shards = min(lay.tp, model.num_kv_heads)
-    return per_token / kv_shards
+    return model.cache_bytes_per_token(prec.kv_bytes, context, lay.tp) * layers_share
 
 
 def activation_bytes(model: ModelSpec, lay: Layout, tokens: int) -> float:

@@ -1,20 +1,31 @@
-"""Model specs: the architecture facts the cost model needs, loaded from HF `config.json`.
+"""Model specs: the architecture facts the cost model needs, as a list of layers by kind.
 
-Supported `model_type`s: llama, mistral, qwen2, qwen3 (dense, GQA); mixtral, qwen2_moe, qwen3_moe,
-gpt_oss (MoE); deepseek_v2 / deepseek_v3 (MLA + MoE with shared experts and first dense layers).
-Parameter counts are derived here so tests can hold them against published figures.
+Each decoder layer says what its token mixer is (`LayerSpec.attention`: full, sliding window,
+chunked, linear/state, Mamba, sparse top-k, compressed, none) and what its FFN is (dense, MoE,
+none). KV and state bytes per sequence, parameters, and the keys a query reads come from the kind,
+summed per layer; a uniform model (every layer full attention, leading dense layers then MoE) is the
+special case and leaves `layers` empty. Family modules in `costmodel.families` read HF configs
+into this spec; nothing downstream knows families. Parameter counts are derived here so tests can
+hold them against published figures.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hardware.errors import PlannerInputError
-from hardware.loading import validation_sentence
+Num = float | np.ndarray
+AttentionKind = Literal["full", "sliding", "chunked", "linear", "mamba", "sparse", "compressed", "none"]
+FFNKind = Literal["dense", "moe", "none"]
+STATE_KINDS = ("linear", "mamba")  # a fixed-size state per sequence instead of a KV cache
+# Linear-attention and SSM states stay in the model dtype whatever the KV cache dtype (vLLM's
+# mamba_ssm_cache_dtype and mamba_cache_dtype default to the model's 16-bit dtype).
+STATE_BYTES = 2.0
 
 
 class _Spec(BaseModel):
@@ -49,6 +60,96 @@ class MLASpec(_Spec):
     v_head_dim: int = Field(ge=1, description="Per-head value width.")
 
 
+class LayerSpec(_Spec):
+    """One decoder layer's kind: its token mixer and its FFN."""
+
+    attention: AttentionKind = Field(default="full", description="Token mixer of the layer.")
+    window: int | None = Field(default=None, ge=1, description=(
+        "sliding: keys a query sees; chunked: the chunk a query attends within; compressed: the "
+        "uncompressed sliding window kept beside the compressed entries (None = none)."))
+    topk: int | None = Field(default=None, ge=1, description=(
+        "sparse: cached tokens each query reads (DSA index_topk); compressed: compressed entries each "
+        "query reads (None = all)."))
+    ratio: int | None = Field(default=None, ge=1, description="compressed: tokens folded into one cached entry.")
+    ffn: FFNKind = Field(default="dense", description="FFN of the layer.")
+    head_dim: int | None = Field(default=None, ge=1, description="This layer's head width (None = the model's).")
+    kv_heads: int | None = Field(default=None, ge=1, description="This layer's KV heads (None = the model's).")
+    shared_kv: bool | None = Field(default=None, description="This layer caches K = V (None = the model's).")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> LayerSpec:
+        if self.attention in ("sliding", "chunked") and self.window is None:
+            raise ValueError(f"a {self.attention} layer needs its window")
+        if self.attention == "sparse" and self.topk is None:
+            raise ValueError("a sparse layer needs topk")
+        if self.attention == "compressed" and self.ratio is None:
+            raise ValueError("a compressed layer needs its ratio")
+        return self
+
+    @property
+    def indexed(self) -> bool:
+        """A lightning indexer scores the cached entries and the attention reads its top-k."""
+        return self.attention == "sparse" or (self.attention == "compressed" and self.topk is not None)
+
+    @property
+    def cached(self) -> bool:
+        """The layer keeps a per-token KV cache."""
+        return self.attention not in (*STATE_KINDS, "none")
+
+
+def keys_read(layer: LayerSpec, ctx: Num) -> Num:
+    """Cached entries one query of `layer` reads with `ctx` tokens before it (elementwise)."""
+    kind = layer.attention
+    if kind in ("sliding", "chunked"):
+        return np.minimum(ctx, layer.window)
+    if kind == "sparse":
+        return np.minimum(ctx, layer.topk)
+    if kind == "compressed":
+        entries = np.asarray(ctx, dtype=float) / layer.ratio
+        read = np.minimum(entries, layer.topk) if layer.topk else entries
+        return read + (np.minimum(ctx, layer.window) if layer.window else 0.0)
+    if kind == "full":
+        return ctx
+    return 0.0 * np.asarray(ctx, dtype=float)
+
+
+def indexed_keys(layer: LayerSpec, ctx: Num) -> Num:
+    """Entries the layer's indexer scores per query: every cached token (DSA) or compressed entry."""
+    if not layer.indexed:
+        return 0.0 * np.asarray(ctx, dtype=float)
+    return ctx if layer.attention == "sparse" else np.asarray(ctx, dtype=float) / layer.ratio
+
+
+class StateSpec(_Spec):
+    """The fixed-size per-sequence state of linear-attention (gated DeltaNet, lightning) or Mamba-2
+    layers: a heads x k_dim x v_dim recurrent state plus a short causal-convolution cache."""
+
+    heads: int = Field(ge=1, description="State heads (DeltaNet value heads, Mamba heads).")
+    k_dim: int = Field(ge=1, description="Key width per head (Mamba: d_state).")
+    v_dim: int = Field(ge=1, description="Value width per head (Mamba: head_dim).")
+    conv_kernel: int = Field(default=0, ge=0, description="Causal conv width; its cache holds kernel - 1 steps.")
+    conv_dim: int = Field(default=0, ge=0, description="Channels of the causal conv.")
+    in_width: int = Field(ge=1, description="Output width of the block's input projection(s).")
+    extra_params: int = Field(default=0, ge=0, description="Per-head scalars, conv bias and norms of the block.")
+
+    @property
+    def elems_per_seq(self) -> int:
+        return self.heads * self.k_dim * self.v_dim + max(self.conv_kernel - 1, 0) * self.conv_dim
+
+    def params(self, hidden: int) -> int:
+        return hidden * self.in_width + self.conv_dim * self.conv_kernel + self.heads * self.v_dim * hidden \
+            + self.extra_params
+
+
+class IndexerSpec(_Spec):
+    """DSA's lightning indexer (DeepSeek-V3.2, GLM-5, DeepSeek-V4): a few FP8 heads score every
+    cached entry against its own cached key; only the top-k entries reach the attention."""
+
+    heads: int = Field(ge=1, description="index_n_heads.")
+    head_dim: int = Field(ge=1, description="index_head_dim (also the cached index key width).")
+    params: int = Field(ge=0, description="Weights of one layer's indexer (projections and norm).")
+
+
 class ModelSpec(_Spec):
     """A decoder-only transformer, as the cost model sees it."""
 
@@ -67,8 +168,26 @@ class ModelSpec(_Spec):
     o_bias: bool = False
     qk_norm: bool = False
     attention_sinks: bool = False
-    sliding_window: int | None = Field(default=None, ge=1, description="Window of local layers.")
-    sliding_layers: int = Field(default=0, ge=0, description="How many layers use the window.")
+    shared_kv: bool = Field(default=False, description="K and V are one cached tensor (DeepSeek-V4's MQA).")
+    attn_output_gate: bool = Field(default=False, description=(
+        "The query projection also emits a per-head output gate (Qwen3-Next / Qwen3.5 gated attention)."))
+    mlp_matrices: int = Field(default=3, ge=2, le=3, description="3 = gated (SwiGLU), 2 = up/down only (ReLU^2).")
+    attention_block_params: int | None = Field(default=None, ge=0, description=(
+        "Weights of one attention block when its design is neither GQA nor MLA (the family counts them); "
+        "None = derived from the head counts."))
+    layers: tuple[LayerSpec, ...] = Field(default=(), description=(
+        "Each decoder layer's kind, in order; empty = uniform (full attention, leading dense layers "
+        "then MoE)."))
+    state: StateSpec | None = Field(default=None, description="The state of the linear / Mamba layers.")
+    indexer: IndexerSpec | None = Field(default=None, description="The indexer of sparse / indexed layers.")
+    mtp_layers: int = Field(default=0, ge=0, description=(
+        "Multi-token-prediction modules (num_nextn_predict_layers); loaded only for MTP drafting."))
+    vision_params: int = Field(default=0, ge=0, description=(
+        "Vision / audio tower and projector weights of a multimodal checkpoint (in memory, not per token)."))
+    checkpoint_precision: str | None = Field(default=None, description=(
+        "Weight precision the checkpoint ships (from its quantization_config), the default for costing; "
+        "None = 16-bit."))
+    checkpoint_quant: str = Field(default="", description="The checkpoint's quantization as its config states it.")
     moe: MoESpec | None = None
     mla: MLASpec | None = None
 
@@ -79,10 +198,17 @@ class ModelSpec(_Spec):
                 f"num_attention_heads ({self.num_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_kv_heads})"
             )
-        if self.sliding_layers > self.num_layers:
-            raise ValueError("sliding_layers exceeds num_layers")
         if self.moe and self.moe.first_dense_layers > self.num_layers:
             raise ValueError("first_dense_layers exceeds num_layers")
+        if self.layers and len(self.layers) != self.num_layers:
+            raise ValueError(f"layers lists {len(self.layers)} layers but num_layers is {self.num_layers}")
+        kinds = {layer.attention for layer in self.layers}
+        if kinds & set(STATE_KINDS) and self.state is None:
+            raise ValueError("linear or Mamba layers need the state spec")
+        if any(layer.indexed for layer in self.layers) and self.indexer is None:
+            raise ValueError("sparse layers need the indexer spec")
+        if any(layer.ffn == "moe" for layer in self.layers) and self.moe is None:
+            raise ValueError("MoE layers need the moe spec")
         return self
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> ModelSpec:
@@ -92,23 +218,61 @@ class ModelSpec(_Spec):
             return super().model_copy(deep=deep)
         return type(self).model_validate({**self.model_dump(), **update})
 
-    # ---- layer counts ------------------------------------------------------------------
+    # ---- layers by kind ----------------------------------------------------------------
+    @cached_property
+    def layer_list(self) -> tuple[LayerSpec, ...]:
+        """Every decoder layer's kind, in order (a uniform model's derived from its MoE spec)."""
+        if self.layers:
+            return self.layers
+        dense = self.moe.first_dense_layers if self.moe else self.num_layers
+        return (LayerSpec(),) * dense + (LayerSpec(ffn="moe"),) * (self.num_layers - dense)
+
+    @cached_property
+    def layer_kinds(self) -> tuple[tuple[LayerSpec, int], ...]:
+        """Each distinct layer kind with how many layers have it, in order of first appearance."""
+        return tuple(Counter(self.layer_list).items())
+
+    def kind_of(self, moe_layer: bool) -> LayerSpec:
+        """The first layer whose FFN is MoE (True) or not (False): a uniform model's two kinds."""
+        return next(layer for layer in self.layer_list if (layer.ffn == "moe") == moe_layer)
+
     @property
     def is_moe(self) -> bool:
         return self.moe is not None
 
     @property
     def moe_layers(self) -> int:
-        return self.num_layers - self.moe.first_dense_layers if self.moe else 0
+        return sum(n for layer, n in self.layer_kinds if layer.ffn == "moe")
 
     @property
     def dense_layers(self) -> int:
-        return self.num_layers - self.moe_layers
+        return sum(n for layer, n in self.layer_kinds if layer.ffn == "dense")
+
+    @property
+    def sliding_window(self) -> int | None:
+        return next((layer.window for layer in self.layer_list if layer.attention == "sliding"), None)
+
+    @property
+    def sliding_layers(self) -> int:
+        return sum(n for layer, n in self.layer_kinds if layer.attention == "sliding")
 
     # ---- parameters per block ----------------------------------------------------------
+    def dims(self, layer: LayerSpec | None = None) -> tuple[int, int, bool]:
+        """(KV heads, head width, K = V) of `layer`'s attention: its own where it states them."""
+        if layer is None:
+            return self.num_kv_heads, self.head_dim, self.shared_kv
+        return (layer.kv_heads or self.num_kv_heads, layer.head_dim or self.head_dim,
+                self.shared_kv if layer.shared_kv is None else layer.shared_kv)
+
     @cached_property
     def attention_params(self) -> int:
         """Parameters of one attention block (projections, biases, norms inside attention)."""
+        return self.layer_attention_params(None)
+
+    def layer_attention_params(self, layer: LayerSpec | None) -> int:
+        """Parameters of `layer`'s attention block (None: the model's own head shape)."""
+        if self.attention_block_params is not None:
+            return self.attention_block_params
         h = self.hidden_size
         if self.mla:
             m = self.mla
@@ -118,18 +282,30 @@ class ModelSpec(_Spec):
             kv = (h * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank
                   + m.kv_lora_rank * self.num_heads * (m.qk_nope_head_dim + m.v_head_dim))
             return q + kv + self.num_heads * m.v_head_dim * h
-        q_out = self.num_heads * self.head_dim
-        kv_out = self.num_kv_heads * self.head_dim
-        n = h * (q_out + 2 * kv_out) + q_out * h
-        n += (q_out + 2 * kv_out) if self.qkv_bias else 0
+        kv_heads, d, shared = self.dims(layer)
+        q_out = self.num_heads * d
+        kv_out = kv_heads * d * (1 if shared else 2)
+        n = h * (q_out * (2 if self.attn_output_gate else 1) + kv_out) + q_out * h
+        n += (q_out + kv_out) if self.qkv_bias else 0
         n += h if self.o_bias else 0
-        n += 2 * self.head_dim if self.qk_norm else 0
+        n += 2 * d if self.qk_norm else 0
         n += self.num_heads if self.attention_sinks else 0
         return n
 
+    def mixer_params(self, layer: LayerSpec) -> int:
+        """Weights of one layer's token mixer: attention (plus its indexer), a state block, or none."""
+        if layer.attention == "none":
+            return 0
+        if layer.attention in STATE_KINDS:
+            assert self.state is not None
+            return self.state.params(self.hidden_size)
+        own = self.layer_attention_params(layer) if (layer.head_dim or layer.kv_heads or layer.shared_kv is not None) \
+            else self.attention_params
+        return own + (self.indexer.params if layer.indexed and self.indexer else 0)
+
     @property
     def dense_mlp_params(self) -> int:
-        return 3 * self.hidden_size * self.intermediate_size
+        return self.mlp_matrices * self.hidden_size * self.intermediate_size
 
     @property
     def expert_params(self) -> int:
@@ -137,19 +313,28 @@ class ModelSpec(_Spec):
         if not self.moe:
             return 0
         h, i = self.hidden_size, self.moe.intermediate_size
-        return 3 * h * i + ((2 * i + h) if self.moe.expert_bias else 0)
+        return self.mlp_matrices * h * i + ((2 * i + h) if self.moe.expert_bias else 0)
 
     @property
     def shared_expert_params(self) -> int:
         if not self.moe:
             return 0
-        return 3 * self.hidden_size * self.moe.shared_intermediate_size * self.moe.num_shared_experts
+        return self.mlp_matrices * self.hidden_size * self.moe.shared_intermediate_size * self.moe.num_shared_experts
 
     @property
     def router_params(self) -> int:
         if not self.moe:
             return 0
         return self.hidden_size * self.moe.num_experts + (self.moe.num_experts if self.moe.expert_bias else 0)
+
+    def ffn_params(self, layer: LayerSpec) -> int:
+        """Weights of one layer's FFN: dense MLP, or all routed experts plus shared experts and router."""
+        if layer.ffn == "dense":
+            return self.dense_mlp_params
+        if layer.ffn == "moe":
+            assert self.moe is not None
+            return self.moe.num_experts * self.expert_params + self.shared_expert_params + self.router_params
+        return 0
 
     @property
     def embedding_params(self) -> int:
@@ -166,13 +351,9 @@ class ModelSpec(_Spec):
 
     @cached_property
     def total_params(self) -> int:
+        """Decoder weights: embeddings, layers, norms, LM head (no MTP modules, no vision tower)."""
         n = self.embedding_params + self.lm_head_params + self.norm_params
-        n += self.num_layers * self.attention_params + self.dense_layers * self.dense_mlp_params
-        if self.moe:
-            per_layer = (self.moe.num_experts * self.expert_params + self.shared_expert_params
-                         + self.router_params)
-            n += self.moe_layers * per_layer
-        return n
+        return n + sum(count * (self.mixer_params(layer) + self.ffn_params(layer)) for layer, count in self.layer_kinds)
 
     @cached_property
     def active_params(self) -> int:
@@ -184,119 +365,65 @@ class ModelSpec(_Spec):
             skipped = (self.moe.num_experts - self.moe.top_k) * self.expert_params * self.moe_layers
         return self.total_params - skipped - self.embedding_params
 
-    # ---- KV cache ------------------------------------------------------------------------
+    @property
+    def mtp_params(self) -> int:
+        """Weights of the MTP modules: each one decoder layer of the last layer's kind, the projection
+        of [embedding; hidden] back to hidden, and its norms (DeepSeek-V3 report, sec. 2.2)."""
+        last = self.layer_list[-1]
+        one = self.mixer_params(last) + self.ffn_params(last) + 2 * self.hidden_size ** 2 + 4 * self.hidden_size
+        return self.mtp_layers * one
+
+    # ---- KV cache and state --------------------------------------------------------------
     @property
     def kv_elems_per_token_layer(self) -> int:
-        """Cached elements per token per layer (K and V, or MLA's latent plus RoPE key)."""
+        """Cached elements per token per full-attention layer (K and V, or MLA's latent plus RoPE key)."""
+        return self.layer_kv_width(None)
+
+    def layer_kv_width(self, layer: LayerSpec | None) -> int:
+        """Cached elements per token of `layer` (None: the model's own head shape)."""
         if self.mla:
             return self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
-        return 2 * self.num_kv_heads * self.head_dim
+        kv_heads, d, shared = self.dims(layer)
+        return (1 if shared else 2) * kv_heads * d
 
-    def kv_elems_per_token(self, context: int | None = None) -> float:
-        """Cached elements per token over all layers; sliding layers hold at most the window."""
-        full = self.num_layers - self.sliding_layers
-        if not self.sliding_layers or context is None or self.sliding_window is None:
-            return self.kv_elems_per_token_layer * self.num_layers
-        share = min(1.0, self.sliding_window / max(context, 1))
-        return self.kv_elems_per_token_layer * (full + self.sliding_layers * share)
+    def kv_shards(self, tp: int, layer: LayerSpec | None = None) -> int:
+        """Ways one layer's KV cache splits over `tp` ranks (MLA's latent and a single KV head replicate)."""
+        return 1 if self.mla else min(tp, self.dims(layer)[0])
 
+    def layer_kv_elems(self, layer: LayerSpec, context: int | None = None, tp: int = 1) -> float:
+        """KV elements one token of context costs in `layer` on one of `tp` ranks; a sliding or chunked
+        layer (and a compressed layer's window) holds at most its window per sequence, which at
+        `context` tokens is window / context of a token's share (None = no cap)."""
+        if not layer.cached:
+            return 0.0
+        base = self.layer_kv_width(layer) / self.kv_shards(tp, layer)
 
-def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if cfg.get(k) is not None:
-            return cfg[k]
-    return default
+        def capped(window: int) -> float:
+            return base * (1.0 if context is None else min(1.0, window / max(context, 1)))
 
+        index = self.indexer.head_dim if layer.indexed and self.indexer else 0  # replicated, not sharded
+        if layer.attention in ("sliding", "chunked"):
+            return capped(layer.window or 0)
+        if layer.attention == "compressed":
+            assert layer.ratio is not None
+            return (base + index) / layer.ratio + (capped(layer.window) if layer.window else 0.0)
+        return base + index
 
-def _need(cfg: dict[str, Any], key: str, where: str) -> Any:
-    if cfg.get(key) is None:
-        raise PlannerInputError(f"{where}: field '{key}' is missing; it is needed for this architecture")
-    return cfg[key]
+    def kv_elems_per_token(self, context: int | None = None, tp: int = 1) -> float:
+        """Cached KV elements per token over all layers (per rank of `tp`); state layers hold none."""
+        return sum(n * self.layer_kv_elems(layer, context, tp) for layer, n in self.layer_kinds)
 
+    def state_elems_per_seq(self, tp: int = 1) -> float:
+        """State elements one sequence holds over all linear / Mamba layers, per rank of `tp`."""
+        if self.state is None:
+            return 0.0
+        layers = sum(n for layer, n in self.layer_kinds if layer.attention in STATE_KINDS)
+        return layers * self.state.elems_per_seq / min(tp, self.state.heads)
 
-DENSE = {"llama", "mistral", "qwen2", "qwen3"}
-MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "deepseek_v2", "deepseek_v3"}
-
-
-def from_hf_config(cfg: dict[str, Any], name: str = "", hf_id: str = "", where: str = "config") -> ModelSpec:
-    """A ModelSpec from a Hugging Face `config.json` mapping; bad fields raise one sentence."""
-    try:
-        return _from_hf_config(cfg, name, hf_id, where)
-    except ValidationError as exc:
-        raise PlannerInputError(validation_sentence(exc, where)) from None
-    except (TypeError, ValueError, ArithmeticError) as exc:
-        raise PlannerInputError(f"{where}: {exc}; check the config's numeric fields") from None
-
-
-def _from_hf_config(cfg: dict[str, Any], name: str, hf_id: str, where: str) -> ModelSpec:
-    if "text_config" in cfg and "model_type" not in cfg.get("text_config", {}):
-        cfg = {**cfg, **cfg["text_config"]}
-    family = cfg.get("model_type")
-    if family not in DENSE | MOE:
-        known = ", ".join(sorted(DENSE | MOE))
-        raise PlannerInputError(
-            f"{where}: field 'model_type' is {family!r}; supported architectures are {known}"
-        )
-    h = _need(cfg, "hidden_size", where)
-    heads = _need(cfg, "num_attention_heads", where)
-    layers = _need(cfg, "num_hidden_layers", where)
-    kv_heads = _get(cfg, "num_key_value_heads", default=heads)
-    head_dim = _get(cfg, "head_dim", default=h // heads)
-    moe = None
-    mla = None
-    sliding_layers = 0
-    window = cfg.get("sliding_window") if family == "gpt_oss" else None
-    if family == "gpt_oss":
-        types = cfg.get("layer_types") or ["sliding_attention", "full_attention"] * (layers // 2)
-        sliding_layers = sum(t == "sliding_attention" for t in types)
-    if family in {"mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss"}:
-        moe = MoESpec(
-            num_experts=_get(cfg, "num_local_experts", "num_experts"),
-            top_k=_get(cfg, "num_experts_per_tok", "experts_per_token"),
-            intermediate_size=(cfg["intermediate_size"] if family in {"mixtral", "gpt_oss"}
-                               else _need(cfg, "moe_intermediate_size", where)),
-            num_shared_experts=1 if cfg.get("shared_expert_intermediate_size") else 0,
-            shared_intermediate_size=_get(cfg, "shared_expert_intermediate_size", default=0),
-            first_dense_layers=len(cfg.get("mlp_only_layers") or []),
-            expert_bias=family == "gpt_oss",
-        )
-    if family in {"deepseek_v2", "deepseek_v3"}:
-        moe = MoESpec(
-            num_experts=_need(cfg, "n_routed_experts", where),
-            top_k=_need(cfg, "num_experts_per_tok", where),
-            intermediate_size=_need(cfg, "moe_intermediate_size", where),
-            num_shared_experts=_get(cfg, "n_shared_experts", default=0),
-            shared_intermediate_size=_need(cfg, "moe_intermediate_size", where),
-            first_dense_layers=_get(cfg, "first_k_dense_replace", default=0),
-        )
-        mla = MLASpec(
-            q_lora_rank=cfg.get("q_lora_rank"),
-            kv_lora_rank=_need(cfg, "kv_lora_rank", where),
-            qk_nope_head_dim=_need(cfg, "qk_nope_head_dim", where),
-            qk_rope_head_dim=_need(cfg, "qk_rope_head_dim", where),
-            v_head_dim=_need(cfg, "v_head_dim", where),
-        )
-        head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
-        kv_heads = heads
-    return ModelSpec(
-        name=name or hf_id or family,
-        hf_id=hf_id,
-        family=family,
-        hidden_size=h,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        intermediate_size=_get(cfg, "intermediate_size", default=4 * h),
-        vocab_size=_need(cfg, "vocab_size", where),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        qkv_bias=bool(cfg.get("attention_bias", family == "qwen2")),
-        o_bias=bool(cfg.get("attention_bias", False)) and family == "gpt_oss",
-        qk_norm=family in {"qwen3", "qwen3_moe"},
-        attention_sinks=family == "gpt_oss",
-        sliding_window=window,
-        sliding_layers=sliding_layers,
-        moe=moe,
-        mla=mla,
-    )
-
+    def cache_bytes_per_token(self, kv_bytes: float, context: int | None = None, tp: int = 1) -> float:
+        """Bytes of KV cache and state one token of context costs on one of `tp` ranks; the fixed
+        per-sequence state is spread over `context` tokens (none when `context` is None)."""
+        kv = self.kv_elems_per_token(context, tp) * kv_bytes
+        if not context:
+            return kv
+        return kv + self.state_elems_per_seq(tp) * STATE_BYTES / context

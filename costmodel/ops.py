@@ -16,7 +16,7 @@ import numpy as np
 
 from costmodel.calibration.profile import Profile
 from costmodel.layout import Layout
-from costmodel.models import ModelSpec
+from costmodel.models import STATE_BYTES, STATE_KINDS, LayerSpec, ModelSpec, indexed_keys, keys_read
 from costmodel.precision import Precision
 from hardware.specs import Accelerator
 
@@ -76,16 +76,32 @@ def prompt_calls(b: Batch, ranks: int = 1) -> Num:
     return np.where(seqs > 0, np.minimum(seqs, 1.0), 1.0)
 
 
-def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> list[Op]:
-    """QKV, core attention (prefill and decode) and output projection on one device."""
+def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, layer: LayerSpec | None = None) -> list[Op]:
+    """One layer's token mixer on one device: QKV, core attention (prefill and decode, over the keys
+    the layer's kind reads: `models.keys_read`), its indexer if any, and the output projection; a
+    state layer's ops (`state_ops`); nothing for a layer without a mixer. `layer` defaults to the
+    model's first layer."""
+    layer = layer or model.layer_list[0]
+    if layer.attention == "none":
+        return []
+    if layer.attention in STATE_KINDS:
+        return state_ops(model, lay, prec, b)
+    ops = _attention_core(model, lay, prec, b, layer)
+    return ops + indexer_ops(model, lay, prec, b, layer) if layer.indexed else ops
+
+
+def _attention_core(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, layer: LayerSpec) -> list[Op]:
     h = model.hidden_size
     heads = model.num_heads / lay.tp
-    kv_heads = max(1.0, model.num_kv_heads / lay.tp)
+    layer_kv_heads, d, shared = model.dims(layer)
+    kv_heads = max(1.0, layer_kv_heads / lay.tp)
     adp = lay.attention_dp
     tokens = b.tokens / adp
     dec, pre = b.decode_seqs / adp, b.prefill_tokens / adp
     kv_b = prec.kv_bytes
     prompt_only = prompt_calls(b, adp)
+    dec_ctx = keys_read(layer, b.decode_ctx)
+    span = keys_read(layer, b.prefill_span)
     if model.mla:
         m = model.mla
         qk = m.qk_nope_head_dim + m.qk_rope_head_dim
@@ -100,40 +116,96 @@ def attention_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> l
         ops.append(_gemm("kv_b_proj", pre, heads * (m.qk_nope_head_dim + m.v_head_dim),
                          m.kv_lora_rank, prec, calls=prompt_only))
         ops.append(Op("attn_prefill", "attn_prefill",
-                      2.0 * pre * b.prefill_span * heads * (qk + m.v_head_dim),
-                      pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes, 2.0 * b.prefill_span,
+                      2.0 * pre * span * heads * (qk + m.v_head_dim),
+                      pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes, 2.0 * span,
                       family="mla_prefill", calls=prompt_only))
         ops.append(_gemm("q_absorb", dec, heads * m.kv_lora_rank, m.qk_nope_head_dim, prec))
         # every head reads the one shared latent: a sequence is one work item
         ops.append(Op("attn_decode", "attn_decode",
-                      2.0 * dec * b.decode_ctx * heads * (latent + m.kv_lora_rank),
-                      dec * b.decode_ctx * latent * kv_b, family="mla_decode", items=dec))
+                      2.0 * dec * dec_ctx * heads * (latent + m.kv_lora_rank),
+                      dec * dec_ctx * latent * kv_b, family="mla_decode", items=dec))
         ops.append(_gemm("v_absorb", dec, heads * m.v_head_dim, m.kv_lora_rank, prec))
         ops.append(_gemm("o_proj", tokens, h, heads * m.v_head_dim, prec))
         return ops
-    d = model.head_dim
-    window = model.sliding_window
-    dec_ctx = b.decode_ctx
-    span = b.prefill_span
-    if window and model.sliding_layers:
-        local = model.sliding_layers / model.num_layers
-        dec_ctx = (1 - local) * dec_ctx + local * np.minimum(dec_ctx, window)
-        span = (1 - local) * span + local * np.minimum(span, window)
+    kv = 1 if shared else 2  # cached tensors per KV head
+    q = heads * (2 if model.attn_output_gate else 1)
+    if model.attention_block_params is not None:
+        # a family-counted block (low-rank projections): its weights as two GEMMs of half each
+        half = model.attention_block_params / (2 * h * lay.tp)
+        qkv, o = _gemm("qkv_proj", tokens, half, h, prec), _gemm("o_proj", tokens, h, half, prec)
+    else:
+        qkv = _gemm("qkv_proj", tokens, (q + kv * kv_heads) * d, h, prec)
+        o = _gemm("o_proj", tokens, h, heads * d, prec)
     return [
-        _gemm("qkv_proj", tokens, (heads + 2 * kv_heads) * d, h, prec),
+        qkv,
         Op("attn_prefill", "attn_prefill", 4.0 * pre * span * heads * d,
            pre * (heads + 2 * kv_heads) * d * prec.act_bytes * 2, 2.0 * span, calls=prompt_only),
         # the KV read plus Q in and O out, as the fitted kernel rows count it
         Op("attn_decode", "attn_decode", 4.0 * dec * dec_ctx * heads * d,
-           dec * dec_ctx * 2 * kv_heads * d * kv_b + dec * heads * d * 2 * prec.act_bytes, items=dec * kv_heads),
-        _gemm("o_proj", tokens, h, heads * d, prec),
+           dec * dec_ctx * kv * kv_heads * d * kv_b + dec * heads * d * 2 * prec.act_bytes, items=dec * kv_heads),
+        o,
+    ]
+
+
+# Chunk length of the chunked (parallel) scan that prefill runs for DeltaNet and Mamba-2 (the FLA
+# and mamba_ssm kernels' default 64): within a chunk tokens attend to each other quadratically.
+SCAN_CHUNK = 64
+
+
+def state_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> list[Op]:
+    """A linear-attention or Mamba-2 layer on one device (heads over tp): input projection, the
+    recurrence, output projection. Decode reads and writes each sequence's state once per token;
+    prefill runs the chunked scan, a k x v state update per token plus attention inside each chunk."""
+    s = model.state
+    assert s is not None
+    shards = min(lay.tp, s.heads)
+    heads = s.heads / shards
+    adp = lay.attention_dp
+    tokens, dec, pre = b.tokens / adp, b.decode_seqs / adp, b.prefill_tokens / adp
+    state = (heads * s.k_dim * s.v_dim + max(s.conv_kernel - 1, 0) * s.conv_dim / shards) * STATE_BYTES
+    width = s.in_width / shards
+    per_token = heads * 4.0 * s.k_dim * s.v_dim
+    return [
+        _gemm("state_in_proj", tokens, width, model.hidden_size, prec),
+        Op("state_prefill", "attn_prefill", pre * (per_token + heads * 2.0 * SCAN_CHUNK * (s.k_dim + s.v_dim)),
+           pre * width * prec.act_bytes * 2 + b.prefill_seqs / adp * state * 2, 2.0 * SCAN_CHUNK,
+           calls=prompt_calls(b, adp)),
+        Op("state_decode", "attn_decode", dec * per_token, dec * (state * 2 + width * prec.act_bytes),
+           items=dec * heads),
+        _gemm("state_out_proj", tokens, model.hidden_size, heads * s.v_dim, prec),
+    ]
+
+
+# DSA caches its index keys in FP8 (DeepSeek-V3.2's inference code quantizes them with one scale per
+# 128 values), whatever the KV cache dtype.
+INDEX_KEY_BYTES = 1.0 + 4.0 / 128
+
+
+def indexer_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, layer: LayerSpec) -> list[Op]:
+    """The lightning indexer of a sparse or indexed-compressed layer on one device (replicated over
+    tp, as DeepSeek-V3.2's inference code holds it): its projections, then every query scores every
+    indexed entry with each of its heads (FP8 math, the 16-bit attention fit). This is the part of a
+    DSA layer's decode that still grows with context, at index_head_dim FP8 bytes per entry."""
+    ix = model.indexer
+    assert ix is not None
+    adp = lay.attention_dp
+    tokens, dec, pre = b.tokens / adp, b.decode_seqs / adp, b.prefill_tokens / adp
+    dec_keys, span_keys = indexed_keys(layer, b.decode_ctx), indexed_keys(layer, b.prefill_span)
+    return [
+        # wq_b reads the query latent, wk and the head weights the hidden state: one GEMM of the same size
+        _gemm("index_proj", tokens, ix.params / model.hidden_size, model.hidden_size, prec),
+        Op("index_prefill", "attn_prefill", 2.0 * pre * span_keys * ix.heads * ix.head_dim,
+           pre * ix.head_dim * INDEX_KEY_BYTES * 2, 2.0 * span_keys, calls=prompt_calls(b, adp)),
+        Op("index_decode", "attn_decode", 2.0 * dec * dec_keys * ix.heads * ix.head_dim,
+           dec * dec_keys * ix.head_dim * INDEX_KEY_BYTES, items=dec),
     ]
 
 
 def dense_mlp_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> list[Op]:
     h, i = model.hidden_size, model.intermediate_size / lay.tp
     tokens = b.tokens / lay.attention_dp
-    return [_gemm("gate_up_proj", tokens, 2 * i, h, prec), _gemm("down_proj", tokens, h, i, prec)]
+    return [_gemm("gate_up_proj", tokens, (model.mlp_matrices - 1) * i, h, prec),
+            _gemm("down_proj", tokens, h, i, prec)]
 
 
 def experts_touched(tokens: Num, top_k: int, experts: int) -> Num:
@@ -169,15 +241,16 @@ def moe_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, skew: floa
     touched = np.minimum(local_experts, experts_touched(tokens_all, moe.top_k, moe.num_experts) * copies / lay.ep)
     ops = [
         _gemm("router", b.tokens / lay.attention_dp, moe.num_experts, h, prec),
-        Op("experts", "moe", 2.0 * pairs * 3 * h * width,
-           touched * 3 * h * width * prec.weight_bytes + pairs * (2 * h + 3 * width) * prec.act_bytes
+        Op("experts", "moe", 2.0 * pairs * model.mlp_matrices * h * width,
+           touched * model.mlp_matrices * h * width * prec.weight_bytes
+           + pairs * (2 * h + model.mlp_matrices * width) * prec.act_bytes
            + ROUTED_PASSES * seen * moe.top_k * h * prec.act_bytes,
            pairs / np.maximum(touched, 1.0) * 2 * width, h),
     ]
     if moe.num_shared_experts:
         shared = moe.num_shared_experts * moe.shared_intermediate_size / lay.tp
         tokens = b.tokens / lay.attention_dp
-        ops += [_gemm("shared_gate_up", tokens, 2 * shared, h, prec),
+        ops += [_gemm("shared_gate_up", tokens, (model.mlp_matrices - 1) * shared, h, prec),
                 _gemm("shared_down", tokens, h, shared, prec)]
     return ops
 

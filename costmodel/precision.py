@@ -41,3 +41,16 @@ def precision(name: str = "bf16", kv_cache_dtype: str = "auto") -> Precision:
         raise PlannerInputError(f"kv_cache_dtype '{kv_cache_dtype}' is unknown; use one of {', '.join(KV_DTYPES)}")
     kv = "bf16" if kv == "auto" else kv
     return Precision(weights=key, gemm=GEMM_DTYPE[key], kv=kv, weight_bytes=BYTES[key], kv_bytes=BYTES[kv])
+
+
+def resolve(name: str | None, checkpoint: str | None, kv_cache_dtype: str = "auto") -> tuple[Precision, str]:
+    """The precision to cost at and a note: `name` when given, else the checkpoint's own weight
+    precision (`ModelSpec.checkpoint_precision`, from its quantization_config), else bf16. The note
+    says when an explicit precision differs from what the checkpoint ships ("" otherwise)."""
+    chosen = name if name is not None else (checkpoint or "bf16")
+    prec = precision(chosen, kv_cache_dtype)
+    note = ""
+    if name is not None and prec.weights != (checkpoint or "bf16") and not (prec.weights == "fp16" and not checkpoint):
+        note = (f"precision {prec.weights} overrides the checkpoint's {checkpoint or 'bf16'} weights; "
+                "the estimate assumes weights in that precision (requantized or another checkpoint)")
+    return prec, note

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from costmodel.estimate import Estimate, build_instance, estimate_instance
 from costmodel.instance import Instance
 from costmodel.layout import Layout
 from costmodel.models import ModelSpec
-from costmodel.precision import precision as load_precision
+from costmodel.precision import resolve as resolve_precision
 from costmodel.serving import capacity_rps, max_running
 from costmodel.simulator import Goodput, SchedulerConfig, SimResult, find_goodput
 from costmodel.simulator import Setup as SimSetup
@@ -90,7 +91,7 @@ def _local_profile(clu: Cluster, profile: str | Path | Profile | None) -> str | 
 
 
 def estimate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any] | None = None,
-             workload: Workload | dict[str, Any] | None = None, precision: str = "bf16",
+             workload: Workload | dict[str, Any] | None = None, precision: str | None = None,
              engine: str = "vllm", kv_cache_dtype: str = "auto", profile: str | Path | Profile | None = None,
              max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None,
              redundant_experts: int = 0, micro_batches: int = 1) -> Estimate:
@@ -109,13 +110,15 @@ def estimate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, An
             f"{clu.name} has {group.num_devices} {group.device.name}; use a larger cluster (e.g. "
             f"{clu.name}x{-(-lay.total_devices // group.num_devices)}) or a smaller layout"
         )
-    inst = build_instance(spec, lay, load_precision(precision, kv_cache_dtype), group,
+    prec, note = resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)
+    inst = build_instance(spec, lay, prec, group,
                           _profile(group.device.name, profile), load_engine(engine), redundant_experts, micro_batches)
-    return estimate_instance(inst, wl, max_num_seqs, max_num_batched_tokens)
+    est = estimate_instance(inst, wl, max_num_seqs, max_num_batched_tokens)
+    return dataclasses.replace(est, notes=(note, *est.notes)) if note else est
 
 
 def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None = None,
-         workload: Workload | dict[str, Any] | None = None, precision: str = "bf16", engine: str = "vllm",
+         workload: Workload | dict[str, Any] | None = None, precision: str | None = None, engine: str = "vllm",
          kv_cache_dtype: str = "auto", profile: str | Path | Profile | None = None,
          search_strategy: str = "exhaustive", budget_s: float = 60.0, n_jobs: int = 1,
          cross_domain_tp: bool = False, seed: int = 0, power_caps: Sequence[float | None] = (None,),
@@ -143,7 +146,7 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
     clu = load_cluster(cluster)
     profile = _local_profile(clu, profile)
     slo_, wl = as_slo(slo), as_workload(workload)
-    prec = load_precision(precision, kv_cache_dtype)
+    prec = resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)[0]
     eng = load_engine(engine)
     caps = _power_caps(power_caps, clu, profile)
     if not (isinstance(usd_per_device_hour, (int, float)) and 0 < usd_per_device_hour < math.inf):
@@ -305,7 +308,7 @@ def as_scheduler(scheduler: SchedulerConfig | dict[str, Any] | None) -> Schedule
 
 
 def _sim_setup(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any] | None, wl: SimWorkload,
-               precision: str, engine: str, kv_cache_dtype: str, profile: str | Path | Profile | None,
+               precision: str | None, engine: str, kv_cache_dtype: str, profile: str | Path | Profile | None,
                scheduler: SchedulerConfig | dict[str, Any] | None, seed: int) -> tuple[SimSetup, Draw]:
     spec = load_model(model)
     clu = load_cluster(cluster)
@@ -318,14 +321,15 @@ def _sim_setup(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, 
             f"{group.num_devices} {group.device.name}; use a larger cluster or a smaller layout")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise PlannerInputError(f"seed={seed!r} must be a whole number, e.g. 0")
-    inst = build_instance(spec, lay.model_copy(update={"dp": 1}), load_precision(precision, kv_cache_dtype), group,
+    inst = build_instance(spec, lay.model_copy(update={"dp": 1}),
+                          resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)[0], group,
                           _profile(group.device.name, profile), load_engine(engine))
     drawn = draw_requests(wl, seed)
     return sim_setup(inst, as_scheduler(scheduler), drawn, replicas=lay.dp), drawn
 
 
 def simulate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any] | None = None,
-             workload: SimWorkload | Workload | dict[str, Any] | None = None, precision: str = "bf16",
+             workload: SimWorkload | Workload | dict[str, Any] | None = None, precision: str | None = None,
              engine: str = "vllm", kv_cache_dtype: str = "auto", profile: str | Path | Profile | None = None,
              scheduler: SchedulerConfig | dict[str, Any] | None = None, seed: int = 0,
              progress: Callable[[int, int], None] | None = None) -> SimResult:
@@ -364,7 +368,7 @@ def _slo_ms(slo: SLO | dict[str, Any] | None) -> dict[str, float]:
 
 def goodput(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any] | None = None,
             workload: SimWorkload | Workload | dict[str, Any] | None = None, slo: SLO | dict[str, Any] | None = None,
-            target: float = 0.9, precision: str = "bf16", engine: str = "vllm", kv_cache_dtype: str = "auto",
+            target: float = 0.9, precision: str | None = None, engine: str = "vllm", kv_cache_dtype: str = "auto",
             profile: str | Path | Profile | None = None, scheduler: SchedulerConfig | dict[str, Any] | None = None,
             seed: int = 0, rel_tol: float = 0.02,
             on_eval: Callable[[float, float | None], None] | None = None) -> Goodput:

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from rich.table import Table
 
 from costmodel import catalog as model_catalog
 from costmodel.engines import ENGINES
+from costmodel.models import ModelSpec
 from costmodel.precision import KV_DTYPES, PRECISIONS
 from hardware import catalog as hw_catalog
 from hardware.errors import PlannerInputError
@@ -70,7 +72,8 @@ def _common(p: argparse.ArgumentParser, workload_required: bool = True) -> None:
     load = p.add_mutually_exclusive_group(required=workload_required)
     load.add_argument("--concurrency", type=_positive_int, help="closed-loop clients")
     load.add_argument("--rate", type=_positive_float, help="open-loop arrivals per second")
-    p.add_argument("--precision", default="bf16", choices=PRECISIONS, help="weights and GEMM precision")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="weights and GEMM precision (default: the checkpoint's, bf16 for 16-bit weights)")
     p.add_argument("--kv-cache-dtype", default="auto", choices=KV_DTYPES,
                    help="KV cache dtype (auto = 16-bit; fp8 must be asked for)")
     p.add_argument("--engine", default="vllm", choices=ENGINES, help="serving engine whose overheads apply")
@@ -272,22 +275,29 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def layer_mix(m: ModelSpec) -> str:
+    """Token mixers by kind, e.g. '36 linear + 12 full' (one kind: just its name)."""
+    kinds = Counter(layer.attention for layer in m.layer_list)
+    return " + ".join(f"{n} {k}" for k, n in kinds.items()) if len(kinds) > 1 else next(iter(kinds))
+
+
 def cmd_models(a: argparse.Namespace, out: Console) -> int:
     rows = []
     for short, raw in model_catalog.entries().items():
         m = model_catalog.by_name(short)
         rows.append({"name": short, "hf_id": raw["_catalog"]["hf_id"], "family": m.family,
                      "params_b": round(m.total_params / 1e9, 2), "active_b": round(m.active_params / 1e9, 2),
-                     "kv_bytes_per_token_bf16": int(m.kv_elems_per_token() * 2)})
+                     "kv_bytes_per_token_bf16": int(m.kv_elems_per_token() * 2),
+                     "layers": layer_mix(m), "weights": m.checkpoint_precision or "bf16"})
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0
     t = Table(title="model catalog")
-    for col in ("name", "hf_id", "family", "params_b", "active_b", "kv_bytes_per_token_bf16"):
+    cols = ("name", "hf_id", "family", "params_b", "active_b", "kv_bytes_per_token_bf16", "layers", "weights")
+    for col in cols:
         t.add_column(col, justify="right" if col.endswith(("_b", "bf16")) else "left")
     for r in rows:
-        t.add_row(*(str(r[c]) for c in ("name", "hf_id", "family", "params_b", "active_b",
-                                        "kv_bytes_per_token_bf16")))
+        t.add_row(*(str(r[c]) for c in cols))
     out.print(t)
     return 0
 
@@ -364,7 +374,8 @@ def _add_simulate(sub: Any) -> None:
     s.add_argument("--num-requests", type=_positive_int, help="requests to simulate (default 1000 or the trace)")
     s.add_argument("--arrival", default="poisson", choices=("poisson", "gamma", "constant"), help="arrival process")
     s.add_argument("--cv", type=_positive_float, default=1.0, help="gamma arrivals: coefficient of variation")
-    s.add_argument("--precision", default="bf16", choices=PRECISIONS, help="weights and GEMM precision")
+    s.add_argument("--precision", choices=PRECISIONS,
+                   help="weights and GEMM precision (default: the checkpoint's, bf16 for 16-bit weights)")
     s.add_argument("--kv-cache-dtype", default="auto", choices=KV_DTYPES, help="KV cache dtype (auto = 16-bit)")
     s.add_argument("--engine", default="vllm", choices=ENGINES, help="serving engine whose defaults apply")
     s.add_argument("--profile", help="calibration profile (JSON) to use instead of the shipped one")

@@ -18,8 +18,9 @@ from costmodel.calibration.kernels import (
     roofline_s,
 )
 from costmodel.calibration.profile import Profile, RooflineFit, profile_for, shipped
-from costmodel.calibration.ship import BORROW, BORROWED, HELDOUT, PINNED
+from costmodel.calibration.ship import BORROW, BORROWED, FAMILIES, HELDOUT, PINNED
 from costmodel.calibration.silicon import group_apes, load_rows, pooled, predict, supported
+from costmodel.catalog import model as load_model
 from hardware import accelerator
 from planner import estimate
 
@@ -155,8 +156,11 @@ def test_estimate_says_which_profile_and_how_trustworthy():
 
 
 def test_end_to_end_error_on_measured_serving_rows(silicon_csv):
-    """Regression guard on the visible silicon rows for H100/H200 (the accuracy benchmark's table)."""
-    rows = [r for r in load_rows(silicon_csv) if r.system in ("h100_sxm", "h200_sxm") and supported(r)]
+    """Regression guard on the visible silicon rows for H100/H200 (the accuracy benchmark's table) of the
+    families the shipped profiles were fitted on; the catalog's newer families are reported apart
+    (docs/models.md)."""
+    rows = [r for r in load_rows(silicon_csv) if r.system in ("h100_sxm", "h200_sxm") and supported(r)
+            and load_model(r.model).family in FAMILIES]
     apes = group_apes(rows)
     overall = pooled("overall", apes)
     assert overall.rows > 900

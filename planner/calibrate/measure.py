@@ -18,8 +18,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from costmodel.families import from_hf_config
 from costmodel.layout import Layout
-from costmodel.models import ModelSpec, from_hf_config
+from costmodel.models import ModelSpec
 from planner.calibrate.sweep import Sweep
 from planner.verify.engine import RunSpec, Server
 from planner.verify.kernels import STORE, compute_dtype, decode_attention, linear, prefill_attention
