@@ -368,9 +368,12 @@ class ModelSpec(_Spec):
     @property
     def mtp_params(self) -> int:
         """Weights of the MTP modules: each one decoder layer of the last layer's kind, the projection
-        of [embedding; hidden] back to hidden, and its norms (DeepSeek-V3 report, sec. 2.2)."""
+        of [embedding; hidden] back to hidden and its norms (DeepSeek-V3 report, sec. 2.2), and the
+        embedding and output head the checkpoint stores again inside each module (DeepSeek-V3's
+        model.layers.61.embed_tokens / shared_head.head, which vLLM's MTP drafter loads)."""
         last = self.layer_list[-1]
-        one = self.mixer_params(last) + self.ffn_params(last) + 2 * self.hidden_size ** 2 + 4 * self.hidden_size
+        h = self.hidden_size
+        one = self.mixer_params(last) + self.ffn_params(last) + 2 * h * h + 4 * h + 2 * self.vocab_size * h
         return self.mtp_layers * one
 
     # ---- KV cache and state --------------------------------------------------------------

@@ -314,3 +314,29 @@ def test_every_fixture_cites_its_source():
     readme = (FIXTURES / "README.md").read_text()
     for path in FIXTURES.glob("*.json"):
         assert f"`{path.name}`" in readme and json.loads(path.read_text())
+
+
+def test_mtp_modules_are_read_and_load_only_for_drafting():
+    """DeepSeek-V3's checkpoint holds 685B parameters (its Hub page): the 671B model and its MTP module."""
+    v3 = model("deepseek-v3")
+    assert v3.mtp_layers == 1 and within((v3.total_params + v3.mtp_params) / 1e9, 685)
+    assert 13e9 < v3.mtp_params < 14.5e9
+    lay, fp8 = Layout(tp=8), precision("fp8")
+    extra = weight_bytes_per_device(v3, lay, fp8, mtp=True) - weight_bytes_per_device(v3, lay, fp8)
+    assert extra == pytest.approx(v3.mtp_params / 8)
+
+
+def test_lightning_attention_layers_follow_attn_type_list():
+    """MiniMax-M1's `attn_type_list` (0 = lightning linear attention, 1 = softmax), on M2.5's dimensions."""
+    cfg = {**raw("MiniMaxAI--MiniMax-M2.5"), "model_type": "minimax_m1", "attn_type_list": [0] * 7 + [1] + [0] * 54}
+    m = from_hf_config(cfg)
+    assert [layer.attention for layer in m.layer_list].count("linear") == 61
+    assert m.state is not None and m.state.elems_per_seq == 48 * 128 * 128
+    assert m.kv_elems_per_token() == 2 * 8 * 128
+
+
+@pytest.mark.parametrize("family, globals_at", [("gemma2", [1, 3, 5]), ("gemma3_text", [5, 11])])
+def test_gemma_local_global_patterns_without_layer_types(family, globals_at):
+    text = {k: v for k, v in raw("nvidia--Gemma-4-31B-IT-NVFP4")["text_config"].items() if k != "layer_types"}
+    m = from_hf_config({**text, "model_type": family, "num_hidden_layers": 12})
+    assert [i for i, layer in enumerate(m.layer_list) if layer.attention == "full"][:len(globals_at)] == globals_at
