@@ -41,10 +41,9 @@ def ulysses_fits(model: ModelSpec, tp: int, sp: int) -> bool:
 
 
 def kv_block_elems(model: ModelSpec, tp: int) -> float:
-    """K/V elements per token and layer one device holds (MLA: the shared latent, expanded locally)."""
-    if model.mla:
-        return float(model.kv_elems_per_token_layer)
-    return model.kv_elems_per_token_layer / min(tp, model.num_kv_heads)
+    """K/V elements per token and layer one device holds (MLA: the shared latent, expanded locally),
+    the mean over the model's layer kinds (a state layer passes none)."""
+    return model.kv_elems_per_token(None, tp) / model.num_layers
 
 
 def ulysses_widths(model: ModelSpec, tp: int) -> tuple[float, float, float, float]:

@@ -66,6 +66,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(p: argparse.ArgumentParser, workload_required: bool = True) -> None:
     p.add_argument("--model", required=True, help="catalog name, HF id, or path to a HF config.json")
+    p.add_argument("--text-only", action="store_true", help="leave a multimodal model's vision tower out of memory")
     p.add_argument("--cluster", required=True, help="catalog name (optionally xN, e.g. dgx-h100x4) or YAML path")
     p.add_argument("--isl", type=_positive_int, required=workload_required, help="input tokens per request")
     p.add_argument("--osl", type=_positive_int, required=workload_required, help="output tokens per request")
@@ -79,6 +80,11 @@ def _common(p: argparse.ArgumentParser, workload_required: bool = True) -> None:
     p.add_argument("--engine", default="vllm", choices=ENGINES, help="serving engine whose overheads apply")
     p.add_argument("--profile", help="calibration profile (JSON) to use instead of the shipped one")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _model(a: argparse.Namespace) -> str | ModelSpec:
+    """The --model reference, loaded without its vision tower when --text-only asks."""
+    return model_catalog.model(a.model, vision=False) if a.text_only else a.model
 
 
 def _workload(a: argparse.Namespace) -> dict[str, Any]:
@@ -168,7 +174,7 @@ def _say_if_uncalibrated(cluster: str) -> None:
 def cmd_estimate(a: argparse.Namespace, out: Console) -> int:
     _say_if_uncalibrated(a.cluster)
     layout = {"tp": a.tp, "pp": a.pp, "dp": a.dp, "ep": a.ep, "attention_dp": a.attention_dp, "sp": a.sp}
-    e = estimate(a.model, a.cluster, layout=layout, workload=_workload(a), precision=a.precision,
+    e = estimate(_model(a), a.cluster, layout=layout, workload=_workload(a), precision=a.precision,
                  engine=a.engine, kv_cache_dtype=a.kv_cache_dtype, profile=a.profile)
     if a.json:
         print(json.dumps(e.as_dict(), indent=2))
@@ -252,7 +258,7 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
         Console(stderr=True).print(defaults, style="dim")  # stderr: --json output stays one document
     try:
         with _progress(not a.json) as tick:
-            r = plan(a.model, a.cluster, slo=slo, workload=_workload(a), precision=a.precision, engine=a.engine,
+            r = plan(_model(a), a.cluster, slo=slo, workload=_workload(a), precision=a.precision, engine=a.engine,
                      kv_cache_dtype=a.kv_cache_dtype, profile=a.profile, budget_s=a.budget_s, n_jobs=a.jobs,
                      modes=a.modes, search=a.search, goal=a.goal,
                      power_caps=a.power_caps, usd_per_device_hour=a.usd_per_device_hour, progress=tick)
@@ -361,6 +367,7 @@ def _add_simulate(sub: Any) -> None:
     s = sub.add_parser("simulate", help="simulate one layout iteration by iteration (latency percentiles, "
                                         "attainment, goodput, Chrome trace)")
     s.add_argument("--model", required=True, help="catalog name, HF id, or path to a HF config.json")
+    s.add_argument("--text-only", action="store_true", help="leave a multimodal model's vision tower out of memory")
     s.add_argument("--cluster", required=True, help="catalog name (optionally xN) or YAML path")
     for k in ("tp", "pp", "dp", "ep", "attention-dp", "sp"):
         s.add_argument(f"--{k}", type=_positive_int, default=1, help=f"{k} degree (dp = replicas behind the router)")
@@ -440,14 +447,14 @@ def cmd_simulate(a: argparse.Namespace, out: Console) -> int:
                 seen.append(rate)
                 tick(len(seen), len(seen) + 1)
 
-            found = goodput(a.model, a.cluster, slo=slo, target=a.target, on_eval=on_eval, **req)
+            found = goodput(_model(a), a.cluster, slo=slo, target=a.target, on_eval=on_eval, **req)
         res = found.result
         if res is None:
             raise PlannerInputError(f"no rate meets {slo} for {a.target:.0%} of requests, even unloaded; relax the "
                                     "objectives or use a faster layout")
     else:
         with _sim_progress("simulating", long_run and not a.json) as tick:
-            res = simulate(a.model, a.cluster, progress=tick, **req)
+            res = simulate(_model(a), a.cluster, progress=tick, **req)
     if a.chrome_trace:
         path = res.save_chrome_trace(a.chrome_trace)
         if not a.json:

@@ -340,3 +340,22 @@ def test_gemma_local_global_patterns_without_layer_types(family, globals_at):
     text = {k: v for k, v in raw("nvidia--Gemma-4-31B-IT-NVFP4")["text_config"].items() if k != "layer_types"}
     m = from_hf_config({**text, "model_type": family, "num_hidden_layers": 12})
     assert [i for i, layer in enumerate(m.layer_list) if layer.attention == "full"][:len(globals_at)] == globals_at
+
+
+def test_cli_lists_new_families_and_accelerators_and_drops_the_tower(capsys):
+    from planner.cli import main
+
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {rows[n]["family"] for n in ("deepseek-v4-flash", "glm-5", "qwen3.5-397b-a17b", "llama-4-scout")} == \
+        {"deepseek_v4", "glm_moe_dsa", "qwen3_5_moe", "llama4"}
+    assert rows["gpt-oss-120b"]["weights"] == "fp4" and rows["qwen3-next-80b-a3b"]["layers"] == "36 linear + 12 full"
+    assert main(["clusters"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("gb300-nvl72", "hgx-b300", "mi355x-node", "hgx-h20", "atlas-950-superpod"))
+    weights = {}
+    for flag in ((), ("--text-only",)):
+        assert main(["estimate", "--model", "gemma-4-26b-a4b", "--cluster", "dgx-h100", "--isl", "1024", "--osl",
+                     "128", "--concurrency", "4", "--json", *flag]) == 0
+        weights[flag] = json.loads(capsys.readouterr().out)["memory_gib"]["weights"]
+    assert weights[()] - weights[("--text-only",)] == pytest.approx(0.42e9 * 2 / 2**30, rel=0.05)
