@@ -522,7 +522,7 @@ def _add_measured(sub: Any) -> None:
                         "order (or a comma list)")
     v.add_argument("--served-model", default="", help="endpoint runner: model name the servers expect")
     v.add_argument("--requests", type=_positive_int, help="torch runner: requests per closed-loop client (default 4), "
-                                                          "or in all for an open loop (default: 20 s of arrivals, at "
+                                                          "or in all for an open loop (default: 10 s of arrivals, at "
                                                           "most 200); endpoint runner: in all (default 64)")
     v.add_argument("--time-limit-s", type=_positive_float, default=120.0, help="limit per plan and round")
     v.add_argument("--repeats", type=_positive_int,

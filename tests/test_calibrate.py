@@ -50,7 +50,8 @@ def test_quick_calibration_measures_this_machine(tmp_path: Path, monkeypatch: py
     prof = profile_for("cpu", profile_path())
     assert prof.trust == "measured-here" and prof.device == "cpu" and "planner calibrate --quick" in prof.source
     assert {"gemm.bf16", "context_attention.bf16", "generation_attention.bf16", "moe.bf16",
-            "comm.all_to_all", "comm.send_recv"} <= set(prof.fit_error)
+            "comm.all_to_all", "comm.send_recv", "comm.all_reduce_in_runner", "comm.send_recv_in_runner"
+            } <= set(prof.fit_error)
     assert all(e.rows > 0 for e in prof.fit_error.values())
     tune = prof.engines["vllm"]
     assert tune.iteration_overhead_ms is not None and "torch runner" in tune.fitted_on
@@ -73,7 +74,8 @@ def test_quick_calibration_measures_this_machine(tmp_path: Path, monkeypatch: py
         assert cols <= set(df.columns) and len(df) > 0 and (df["latency"] > 0).all(), name
     fits = fit_kernels(kernels, acc, here.groups[0].scaleup.gbps, 50.0)  # the files read back as kernel data
     logs = pd.read_csv(kernels / "serving.csv")  # the runner's iterations, every mode and rank
-    assert set(logs["mode"]) == {"dp", "tp"} and set(logs["rank"]) == {0, 1} and (logs["seconds"] > 0).all()
+    assert set(logs["mode"]) == {"dp", "tp", "pp"} and set(logs["rank"]) == {0, 1} and (logs["seconds"] > 0).all()
+    assert set(logs[logs["mode"] == "pp"]["layers"]) == {2, 3}  # pipelined: the models with a layer per stage
     assert "bf16" in fits.gemm and "bf16" in fits.attn_decode and "all_to_all" in fits.comm
 
 
@@ -127,6 +129,7 @@ def test_fit_runner_recovers_the_runner_tuning_that_timed_its_iterations() -> No
     assert t.per_seq_overhead_us == pytest.approx(120, rel=0.05)
     assert t.compute_scale == t.memory_scale == 1.0  # held: see planner.calibrate.overhead
     assert t.resubmit_wait_iterations == 0.0  # its clients resubmit inside the scheduler (planner.verify.scheduler)
+    assert t.eager_kernel_overhead_us == 0.0  # fitted without a launch cost per kernel, so predicted without one
     assert fit.error_pct < 1.0 and all(r == pytest.approx(1.0, abs=0.01) for r in fit.ratios)
     assert error_band([0.8, 0.9, 1.0, 1.1, 1.5])["tpot_ms"] == (pytest.approx(0.84), pytest.approx(1.34))
 
@@ -149,6 +152,27 @@ def test_tensor_parallel_runs_give_the_all_reduce_wait_inside_a_pass() -> None:
 
 
 # ---- small kernel-fit cases that CPU calibration meets ------------------------------------------------
+def test_pipelined_runs_give_the_stage_hand_over_inside_the_runner() -> None:
+    import numpy as np
+
+    from costmodel.calibration.profile import EngineTuning
+    from costmodel.layout import Layout
+    from planner.calibrate.overhead import fit_runner_send_recv, for_every_engine
+
+    group = cluster("dgx-h100").groups[0]
+    # stages this even (little scheduler overhead on the first) put the pass, sends and all, on the critical path
+    tuning = EngineTuning(iteration_overhead_ms=0.02, per_seq_overhead_us=1.0)
+    base = for_every_engine(profile_for("h100-sxm").model_copy(update={"engines": {}}), tuning)
+    sr = base.comm_fit("send_recv")
+    slower = base.model_copy(update={"comm": {**base.comm, "send_recv": sr.model_copy(
+        update={"alpha_us": sr.alpha_us + 400.0})}})  # every hand-over between stages costs 400 us more
+    runs = [(m, isl, [(*(np.array(r[:4]) / 2), r[4]) for r in log])  # logged per micro-batch group: half the batch
+            for m, isl, log in _runs(group, slower, tuning, Layout(pp=2)) if m.num_layers >= 2]
+    fitted, ratios = fit_runner_send_recv(runs, group, base, 2)
+    assert fitted.comm_fit("send_recv").alpha_us - sr.alpha_us == pytest.approx(400.0, rel=0.01)
+    assert all(r == pytest.approx(1.0, abs=0.01) for r in ratios) and "comm.send_recv_in_runner" in fitted.fit_error
+
+
 def test_a_family_with_few_rows_still_gets_a_held_out_error() -> None:
     import numpy as np
 

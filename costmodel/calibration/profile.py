@@ -132,13 +132,16 @@ class EngineTuning(BaseModel):
     closed_loop_wave: float | None = Field(default=None, ge=0, le=1)
     resubmit_wait_iterations: float | None = Field(default=None, ge=0, le=1)
     ttft_overhead_ms: float | None = Field(default=None, ge=0)
+    eager_kernel_overhead_us: float | None = Field(
+        default=None, ge=0, description="Launch cost per kernel outside graphs (the torch runner's: 0, its dispatch "
+                                        "is in fixed_scale at every batch size).")
     fitted_on: str = Field(default="", description="Rows the tuning was fitted on, and the held-out error.")
     error_band: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="p10/p90 of measured/predicted on this engine's rows.")
 
     def engine_updates(self) -> dict[str, float]:
         names = ("iteration_overhead_ms", "per_seq_overhead_us", "closed_loop_wave", "resubmit_wait_iterations",
-                 "ttft_overhead_ms")
+                 "ttft_overhead_ms", "eager_kernel_overhead_us")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 

@@ -37,7 +37,7 @@ MAX_FOLDS = 3  # each fold is one more fit (seconds on a small machine)
 # `planner calibrate` fitted the torch runner's kernel multipliers and per-sequence cost on thousands of its
 # own iterations; a few verified plans cannot pin them down, so runs on this machine refit the overheads only
 RUNNER_PINNED = ("compute_scale", "memory_scale", "moe_scale", "attention_scale", "decode_attention_scale",
-                 "fixed_scale", "per_seq_overhead_us", "resubmit_wait_iterations")
+                 "fixed_scale", "per_seq_overhead_us", "resubmit_wait_iterations", "eager_kernel_overhead_us")
 
 
 @dataclass(frozen=True)

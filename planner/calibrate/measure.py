@@ -209,18 +209,23 @@ Log = list[tuple[int, int, int, int, float]]
 
 def _serving(job: Job, rank: int, world: int) -> dict[str, list[tuple[int, int, Log]]]:
     """Per-iteration logs of the runner serving the calibration Llamas, one (model index, isl, log) per
-    run: "dp", one replica per rank (the runner's own speed and overhead), and "tp", tensor-parallel over
-    every rank (its all-reduce as it runs inside a forward pass, waits for the slower rank included)."""
+    run: "dp", one replica per rank (the runner's own speed and overhead), "tp", tensor-parallel over
+    every rank (its all-reduce as it runs inside a forward pass, waits for the slower rank included),
+    and "pp", pipelined over every rank, the models with a layer per stage (the hand-over between
+    stages as it runs: activations sent on, tokens sent back, each stage's own work around its layers;
+    logged per micro-batch group's round)."""
     models = serving_models()
     modes = [("dp", {"dp": world}, world)]
     if world > 1 and all(m.num_heads % world == 0 and m.num_kv_heads % world == 0 for m in models):
         modes.append(("tp", {"tp": world}, 1))
+    if world > 1:
+        modes.append(("pp", {"pp": world}, world))  # clients split over the pp micro-batch groups
     logs: dict[str, list[tuple[int, int, Log]]] = {}
     for mode, layout, per in modes:
         runs = [(i, RunSpec(model=spec.model_dump(), layout=layout, isl=isl, osl=osl, concurrency=clients * per,
                             requests=3, device=job.device))
-                for i, spec in enumerate(models) for isl, osl in job.sweep.serving_lengths
-                for clients in job.sweep.overhead_clients]
+                for i, spec in enumerate(models) if spec.num_layers >= layout.get("pp", 1)
+                for isl, osl in job.sweep.serving_lengths for clients in job.sweep.overhead_clients]
         # every run once unlogged first: on a GPU a kernel's first calls at a new shape (library heuristics,
         # lazy module loads) make iterations of 40-70 ms among ~1 ms ones, for every batch shape the runs
         # reach (a warm-up at one shape left the others cold; measured on an H200). No served model pays

@@ -21,7 +21,8 @@ engine, so this tuning applies to every engine name there.
 The tensor-parallel runs then give the all-reduce as the runner meets it inside a forward pass:
 the ranks drift apart between collectives (a rank whose core is busier, or whose memory traffic
 collides with its peer's, makes the other wait), so the part of their time the tuned profile leaves
-unexplained is added, per collective, to the all-reduce's fixed latency.
+unexplained is added, per collective, to the all-reduce's fixed latency. The pipelined runs give the
+stage-to-stage hand-over alike (`fit_runner_send_recv`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ Log = Sequence[tuple[int, int, int, int, float]]  # decode seqs, prefill tokens,
 PARAMS = (("decode_attention_scale", 1.0, 0.2, 5.0), ("fixed_scale", 1.0, 0.0, 100.0),
           ("iteration_overhead_ms", 1.0, 0.0, 50.0), ("per_seq_overhead_us", 10.0, 0.0, 2000.0))
 LOSS_SCALE = 0.1  # soft-L1 knee on log ratios: iterations more than ~10% off weigh less
+HAND_OVER_MAX_US = 50_000.0  # bound of the fitted extra per stage-to-stage send
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,11 @@ def step_s(model: ModelSpec, layout: Layout, group: NodeGroup, profile: Profile,
 
 
 def _tuning(x: Sequence[float], fitted_on: str = "") -> EngineTuning:
+    # eager_kernel_overhead_us 0: the fit is on the runner's whole iterations with no launch cost per kernel
+    # (`step_s`), its dispatch carried by fixed_scale at every batch size, so predictions add none either
     return EngineTuning(**{name: float(v) for (name, *_), v in zip(PARAMS, x, strict=True)},
-                        closed_loop_wave=0.0, resubmit_wait_iterations=0.0, ttft_overhead_ms=0.0, fitted_on=fitted_on)
+                        closed_loop_wave=0.0, resubmit_wait_iterations=0.0, ttft_overhead_ms=0.0,
+                        eager_kernel_overhead_us=0.0, fitted_on=fitted_on)
 
 
 Arrays = list[tuple[ModelSpec, int, np.ndarray]]
@@ -143,6 +148,55 @@ def fit_runner_all_reduce(runs: Sequence[Run], group: NodeGroup, profile: Profil
                            "all-reduce over the kernel measurement; error of each run's mean iteration time (no "
                            "held-out runs: the leave-out figure repeats the fit error)")
     return tuned.model_copy(update={"fit_error": {**tuned.fit_error, "comm.all_reduce_in_runner": note}}), \
+        [float(r) for r in ratios]
+
+
+def fit_runner_send_recv(runs: Sequence[Run], group: NodeGroup, profile: Profile,
+                         pp: int) -> tuple[Profile, list[float]]:
+    """The hand-over between pipeline stages as the runner meets it, from runs served pipelined over `pp`
+    ranks (see module doc): the profile with the extra latency per stage-to-stage send, and the measured /
+    predicted mean round of each run afterwards.
+
+    A logged round is one micro-batch group's step, from its previous tokens coming back to these: every
+    stage ran it once, and ran the other groups' steps between. The cost model's step is that round for
+    the batch of all `pp` groups together (`Instance.step_s`), so it is predicted at `pp` times the logged
+    group's batch. What the model leaves unexplained is each stage's own work around its layers (the
+    later stages receive, unpack and, at the last, sample; the model gives the scheduler's overhead to the
+    first stage only), the tokens' way back to the first stage, and the wait of a stage that sleeps in a
+    gloo receive until its peer's message lands; it is added to each of the `pp - 1` sends of a round, as
+    much as makes the runs' predicted time their measured time."""
+    arr = [(m, isl, np.column_stack([log[:, :4] * pp, log[:, 4:]])) for m, isl, log in _arrays(runs)]
+    tuning = profile.engines.get("vllm")
+    lay = Layout(pp=pp)
+    fit = profile.comm_fit("send_recv")
+    measured = sum(float(log[:, 4].sum()) for _, _, log in arr)
+
+    def with_extra(us: float) -> Profile:
+        return profile.model_copy(update={"comm": {**profile.comm, "send_recv": fit.model_copy(
+            update={"alpha_us": fit.alpha_us + us})}})
+
+    def short_s(us: float) -> float:  # measured less predicted time over every round
+        prof = with_extra(us)
+        return measured - sum(float(step_s(m, lay, group, prof, log, isl, tuning).sum()) for m, isl, log in arr)
+
+    # a round is the longer of one micro-batch's pass (sends included) and pp turns of the slowest stage, so
+    # the extra shows only once the pass is the longer: solved for (bisection; predicted time only grows with
+    # it), not divided out
+    lo, hi = 0.0, HAND_OVER_MAX_US
+    if short_s(lo) <= 0:
+        hi = 0.0
+    for _ in range(40 if hi > 0 else 0):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if short_s(mid) > 0 else (lo, mid)
+    extra = hi * 1e-6
+    tuned = with_extra(hi)
+    ratios = _ratios(arr, lay, group, tuned, tuning)
+    err = float(np.median(np.abs(1.0 / ratios - 1.0)) * 100.0)
+    note = FitError(rows=len(arr), train_mdape=err, leaveout_mdape=err,
+                    source=f"{len(arr)} pipelined runs of the torch runner (pp={pp}): +{extra * 1e6:.0f} us per "
+                           "stage-to-stage send over the send/recv measurement; error of each run's mean round (no "
+                           "held-out runs: the leave-out figure repeats the fit error)")
+    return tuned.model_copy(update={"fit_error": {**tuned.fit_error, "comm.send_recv_in_runner": note}}), \
         [float(r) for r in ratios]
 
 

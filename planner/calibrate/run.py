@@ -36,7 +36,13 @@ from hardware.errors import PlannerInputError
 from hardware.loading import write_atomic
 from hardware.specs import Cluster, Link, NodeGroup
 from planner.calibrate.measure import SERVING_SHAPES, Job, measure_worker, serving_models, steps
-from planner.calibrate.overhead import error_band, fit_runner, fit_runner_all_reduce, for_every_engine
+from planner.calibrate.overhead import (
+    error_band,
+    fit_runner,
+    fit_runner_all_reduce,
+    fit_runner_send_recv,
+    for_every_engine,
+)
 from planner.calibrate.sweep import Sweep, for_device
 from planner.verify.launch import launch
 
@@ -229,6 +235,9 @@ def calibrate(quick: bool = False, out: Path | None = None, devices: int | None 
     if "tp" in results[0]["serving"]:
         profile, tp_ratios = fit_runner_all_reduce(runs("tp"), group, profile, world)
         ratios += tp_ratios
+    if "pp" in results[0]["serving"]:
+        profile, pp_ratios = fit_runner_send_recv(runs("pp"), group, profile, world)
+        ratios += pp_ratios
     # the spread of the runner's measured / predicted speed over the calibration runs, as every local
     # prediction's uncertainty band (plan explanations say when two plans are closer than it)
     profile = for_every_engine(profile, runner.tuning.model_copy(update={"error_band": error_band(ratios)}))

@@ -119,7 +119,9 @@ class Server:
             slots += n
         self.cache = self.model.allocate_cache(slots, spec.isl + spec.osl)
         self.max_emit = max(s_.slots for s_ in self.scheds)  # tokens one micro-batch can return
-        self.log: list[tuple[int, int, int, int, float]] = []  # decode, prefill tokens, prompts, ctx sum, seconds
+        # decode, prefill tokens, prompts, context sum, seconds of each iteration (pipelined: of each micro-batch
+        # group's round, from its previous step's tokens coming back to this one's)
+        self.log: list[tuple[int, int, int, int, float]] = []
         self.skipped = 0.0  # idle seconds jumped over (see the module doc)
 
     def now(self) -> float:
@@ -218,13 +220,18 @@ class Server:
         assert comm is not None
         nxt, last = self.mesh.at(1), self.mesh.at(self.lay.pp - 1)
         inflight: deque[tuple[int, Step]] = deque()
+        done_at: dict[int, float] = {}  # each group's last step completion
         while True:
             sent = False
             for g, sched in enumerate(self.scheds):
                 if inflight and inflight[0][0] == g:
                     _, step = inflight.popleft()
                     back = comm.recv((1 + self.max_emit,), torch.long, last).tolist()
-                    sched.complete(step, back[1:1 + back[0]], self.now())
+                    end = self.now()
+                    sched.complete(step, back[1:1 + back[0]], end)
+                    if g in done_at:  # a round: from this group's last step to this one, every stage passed
+                        self._record(step, end - done_at[g])
+                    done_at[g] = end
                 now = self.now()
                 sched.admit(self._arrivals(sched, now), now)
                 step = sched.next_step()

@@ -12,7 +12,7 @@ from planner.verify.measured import Measured, Timed, failed, summarize
 from planner.verify.sizing import LocalRun
 
 CLIENT_KEY = 100_000  # request ids are client * CLIENT_KEY + n (planner.verify.scheduler)
-OPEN_LOOP_SECONDS = 20.0  # arrivals an open-loop run offers, at the planned rate
+OPEN_LOOP_SECONDS = 10.0  # arrivals an open-loop round offers, at the planned rate (verify runs 5 rounds)
 
 
 def device_kind() -> str:
