@@ -141,7 +141,7 @@ def test_plan_then_verify_on_this_machine(torch, home: Path, capsys: pytest.Capt
         assert p["measured"]["tpot_ms"] > 0 and p["measured"]["output_tok_s"] > 0 and not p["measured"]["error"]
         assert p["error_pct"]["tpot_ms"] is not None and p["measured_score"] > 0
     assert -1.0 <= rep["kendall_tau"] <= 1.0 and sorted(rep["measured_order"]) == [1, 2, 3]
-    assert rep["error_band"] == [0.05, 5.0]  # an uncalibrated machine's band, not a fitted profile's
+    assert rep["error_band"] == [0.04, 5.0]  # an uncalibrated machine's band, not a fitted profile's
     assert "| # | plan |" in (plans / "verify.md").read_text()
 
     from costmodel.calibration.silicon import load_rows
