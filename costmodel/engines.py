@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from costmodel.speculative import Speculation
 from hardware.loading import build, read_mapping, unknown
 
 DATA = Path(__file__).parent / "data" / "engines.yaml"
@@ -31,6 +32,8 @@ class Engine(BaseModel):
         ge=0, le=1, description="Mean wait, in iterations, of a closed-loop client's next request for the iteration "
                                 "that will prefill it.")
     ttft_overhead_ms: float = Field(ge=0, description="Request handling before the first prefill and after it.")
+    speculation: Speculation | None = Field(
+        default=None, description="Speculative decoding / MTP as launched (costmodel/speculative.py); None = off.")
     sources: dict[str, str] = Field(default_factory=dict)
 
 

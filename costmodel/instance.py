@@ -14,7 +14,7 @@ model with a large vocabulary makes it the slowest.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, reduce
 
 import numpy as np
@@ -37,6 +37,7 @@ from costmodel.ops import (
     op_time_s,
 )
 from costmodel.precision import Precision
+from costmodel.speculative import tokens_per_step
 from hardware.errors import PlannerInputError
 from hardware.specs import Accelerator, Link, NodeGroup
 from hardware.topology import contiguous_tier
@@ -78,6 +79,30 @@ class Instance:
         if self.power_cap_w is None:
             return op_time_s(op, self.acc, self.prec, self.profile)
         return capped_op_time_s(op, self.acc, self.prec, self.profile, self.power_cap_w)
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens a decoding sequence emits per step (more than 1 with speculative decoding / MTP)."""
+        return tokens_per_step(self.engine.speculation)
+
+    def _verified(self, b: Batch) -> Batch:
+        """`b` as a speculative engine runs it: every decoding sequence verifies its drafts too."""
+        spec = self.engine.speculation
+        return b if spec is None else replace(b, decode_queries=1.0 + spec.draft_tokens)
+
+    def _draft_s(self, b: Batch) -> Num:
+        """The drafter's share of a speculative step: per draft token, `draft_layers` layers of the kind of
+        the model's last layer (an MTP module's, `ModelSpec.mtp_params`) and the shared LM head over one
+        token per decoding sequence."""
+        spec = self.engine.speculation
+        if spec is None or not spec.draft_layers:
+            return 0.0 * np.asarray(b.decode_seqs)
+        one = Batch(decode_seqs=b.decode_seqs, decode_ctx=b.decode_ctx)
+        layers = self._layers(one)
+        layer, _ = layers[self.model.layer_list[-1]]
+        per_token = spec.draft_layers * sum(layer.values()) + self._op_s(lm_head_op(self.model, self.layout,
+                                                                                    self.prec, one))
+        return np.where(np.asarray(b.decode_seqs) > 0, spec.draft_tokens * per_token, 0.0)
 
     @cached_property
     def tp_link(self) -> Link:
@@ -129,8 +154,8 @@ class Instance:
         group = lay.tp * lay.attention_dp
         if lay.ep > 1:
             # dispatch + combine: each token's hidden state to (and back from) its top-k experts
-            out.update(moe.dispatch_combine_s(self.model, lay, self.prec, b, self.ep_link,
-                                              self._fit("all_to_all", self.ep_link), self.routed_skew))
+            out.update(moe.dispatch_combine_s(self.model, lay, self.prec, b, self.group,
+                                              self.profile.comm_fit("all_to_all"), self.routed_skew))
             if lay.moe_tp > 1:
                 out["moe_tp_allreduce"] = comm.all_reduce_s(tokens_dev * act, lay.moe_tp, self.ep_link,
                                                                 self._fit("all_reduce", self.ep_link))
@@ -152,7 +177,9 @@ class Instance:
         # TensorRT-LLM replays graphs for generation-only batches. Attention-DP ranks each run their
         # own scheduler and graphs over their own share of the batch, in parallel.
         adp = self.layout.attention_dp
-        in_graph = np.asarray(b.tokens) / adp <= eng.cuda_graph_max_batch
+        # a speculative verify step is captured per sequence count (SGLang's and vLLM's graphs for
+        # target verification hold batch x (1 + drafts) tokens), so sequences, not tokens, decide
+        in_graph = np.asarray(b.decode_seqs + b.prefill_tokens) / adp <= eng.cuda_graph_max_batch
         if not eng.graphs_cover_prefill:
             in_graph = in_graph & (np.asarray(b.prefill_tokens) == 0)
         per_kernel = np.where(in_graph, 0.0, eng.eager_kernel_overhead_us * 1e-6)
@@ -166,7 +193,7 @@ class Instance:
         mb = self.micro_batches
         part = b.split(mb) if mb > 1 else b  # what each pass of a two-batch-overlap schedule runs
         out: dict[LayerSpec, tuple[dict[str, Num], int]] = {}
-        for kind, _ in m.layer_kinds:
+        for kind, count in m.layer_kinds:
             ops = self._ops(part, kind)
             times: dict[str, Num] = {}
             for op in ops:
@@ -175,7 +202,7 @@ class Instance:
             per_part.update(sp.layer_comm_s(self, part, times.get("attn_prefill", 0.0) / mb))
             comms = {name: mb * t for name, t in per_part.items()}
             if mb > 1:
-                comms = moe.exposed_comm(sum(times.values()), comms, mb)
+                comms = moe.exposed_comm(sum(times.values()), comms, mb, count)
             layer: dict[str, Num] = {}
             for name, t in (*times.items(), *comms.items()):
                 layer[name] = layer.get(name, 0.0) + t
@@ -190,8 +217,10 @@ class Instance:
 
     # ---- public --------------------------------------------------------------------------
     def breakdown(self, b: Batch) -> dict[str, Num]:
-        """Seconds per component for one full forward pass of batch `b` (all stages)."""
+        """Seconds per component for one full forward pass of batch `b` (all stages), a speculative
+        engine's drafts and their verification included."""
         m = self.model
+        b = self._verified(b)
         layers = self._layers(b)
         counts = dict(m.layer_kinds)
         out: dict[str, Num] = {}
@@ -204,14 +233,17 @@ class Instance:
         if self.layout.pp > 1:
             out["pp_send"] = (self.layout.pp - 1) * self._send_s(b)
         out["engine_overhead"] = self._overhead_s(b, kernels)
+        if self.engine.speculation is not None:
+            out["spec_draft"] = self._draft_s(b)
         return out
 
     def stages_s(self, b: Batch) -> list[Num]:
         """Busy seconds of each pipeline stage for one pass of batch `b`, sends left out (they cross
         the link between stages): its layers (`stage_layers`, each stage's own layer kinds), plus the
         scheduler's per-step overhead on the first stage and the LM head on the last.
-        They sum to `breakdown(b)` less the sends."""
+        They sum to `breakdown(b)` less the sends; a speculative engine drafts on the last stage."""
         m = self.model
+        b = self._verified(b)
         layers = self._layers(b)
         sched = self._overhead_s(b, 0)  # the scheduler's share: once per step, where the batch enters
         out: list[Num] = []
@@ -224,7 +256,7 @@ class Instance:
                 t = t + self._overhead_s(b, count * launched) - sched  # this stage's own launches
             out.append(t)
             start += n
-        out[-1] = out[-1] + self._op_s(lm_head_op(m, self.layout, self.prec, b))
+        out[-1] = out[-1] + self._op_s(lm_head_op(m, self.layout, self.prec, b)) + self._draft_s(b)
         return out
 
     def step_s(self, b: Batch) -> Num:
@@ -234,7 +266,7 @@ class Instance:
         pp = self.layout.pp
         if pp == 1:
             return sum(self.breakdown(b).values())
-        mb = b.split(pp)
+        mb = self._verified(b).split(pp)
         stages = self.stages_s(mb)
         full = sum(stages) + (pp - 1) * self._send_s(mb)
         return np.maximum(full, pp * reduce(np.maximum, stages))

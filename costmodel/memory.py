@@ -59,6 +59,10 @@ def weight_bytes_per_device(model: ModelSpec, lay: Layout, prec: Precision, redu
     # Embedding and LM head are vocab-parallel over tp; with pp>1 they sit on different stages.
     vocab = (model.embedding_params + (model.lm_head_params if lay.pp == 1 else 0)) / lay.tp
     extra = (model.vision_params + (model.mtp_params if mtp else 0)) / lay.tp
+    if mtp and model.moe and model.layer_list[-1].ffn == "moe":
+        # an MTP module's routed experts are spread over the EP ranks as every MoE layer's are
+        routed = model.mtp_layers * model.moe.num_experts * model.expert_params
+        extra -= routed / lay.tp - routed / (lay.tp * lay.attention_dp)
     return (layers * per_layer + vocab + extra) * wb + expert_bytes_per_device(model, lay, prec, redundant_experts)
 
 
@@ -83,7 +87,9 @@ def memory_breakdown(model: ModelSpec, lay: Layout, prec: Precision, acc: Accele
                      redundant_experts: int = 0) -> MemoryBreakdown:
     """Fit check and KV capacity for one instance (context = isl + osl for sliding layers)."""
     cap = acc.hbm_gib * eng.mem_fraction
-    weights = weight_bytes_per_device(model, lay, prec, redundant_experts) / GIB
+    # an engine drafting with the model's MTP modules loads them (costmodel/speculative.py)
+    drafting = eng.speculation is not None and eng.speculation.draft_layers > 0
+    weights = weight_bytes_per_device(model, lay, prec, redundant_experts, mtp=drafting) / GIB
     acts = activation_bytes(model, lay, max_batched_tokens) / GIB
     reserve = eng.reserve_gib
     free = cap - weights - acts - reserve

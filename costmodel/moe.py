@@ -16,8 +16,10 @@ experts and re-pack the replicas, trading expert memory for balance (`eplb_skew`
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from costmodel import comm
 from costmodel.calibration.profile import CommFit, Profile, shipped
@@ -25,8 +27,11 @@ from costmodel.layout import Layout
 from costmodel.models import ModelSpec
 from costmodel.ops import Batch, Num
 from costmodel.precision import Precision
+from hardware.loading import read_mapping
 from hardware.specs import Link, NodeGroup
 from hardware.topology import contiguous_tier
+
+A2A_KERNELS = Path(__file__).parent / "data" / "a2a_kernels.yaml"
 
 SKEWED_PREFIX = "power_law"  # routing distributions the calibration data measured besides "balanced"
 QUANTIZED_DISPATCH = ("fp8", "int8")  # GEMM dtypes whose engines move tokens already quantized
@@ -175,30 +180,87 @@ def one_shot_all_to_all_s(size_bytes: Num, n: int, link: Link, fit: CommFit) -> 
     return comm.all_to_all_s(size_bytes, n, link, fit)
 
 
-def dispatch_combine_s(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, link: Link, fit: CommFit,
+class A2AKernel(BaseModel):
+    """A published dispatch/combine kernel: the bottleneck bandwidth it reached on a link of `link_gbps`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kernel: str
+    link_gbps: float = Field(gt=0)
+    dispatch_gbps: float = Field(gt=0)
+    combine_gbps: float = Field(gt=0)
+    source: str
+
+    def share(self, op: str) -> float:
+        """The kernel's share of its link for `op` ("dispatch" or "combine")."""
+        return (self.dispatch_gbps if op == "dispatch" else self.combine_gbps) / self.link_gbps
+
+
+@lru_cache(maxsize=1)
+def a2a_kernels() -> dict[str, dict[str, A2AKernel]]:
+    """Published kernels by tier (`scaleout`, or a scale-up link's name) and phase (costmodel/data/a2a_kernels.yaml)."""
+    return {tier: {phase: A2AKernel(**k) for phase, k in phases.items()}
+            for tier, phases in read_mapping(A2A_KERNELS).items()}
+
+
+def _kernel_s(size_bytes: Num, link: Link, kernel: A2AKernel, op: str) -> Num:
+    """One hop plus the buffer at the kernel's measured share of the link."""
+    return link.latency_us * 1e-6 + size_bytes / (link.gbps * 1e9 * kernel.share(op))
+
+
+def _rdma_s(size_bytes: Num, span: int, group: NodeGroup, fit: CommFit, op: str, prefill: Num) -> Num:
+    """A dispatch or combine over EP ranks in several scale-up domains, DeepEP-style: the pairs bound for
+    other domains leave through the NIC at the measured kernel share (low-latency kernels for decode-only
+    steps, normal ones for steps with prompts), the rest go over the scale-up link at the same time."""
+    kernels = a2a_kernels()["scaleout"]
+    remote = 1.0 - group.domain_size / span
+    nic = np.where(np.asarray(prefill) > 0, _kernel_s(remote * size_bytes, group.scaleout, kernels["prefill"], op),
+                   _kernel_s(remote * size_bytes, group.scaleout, kernels["decode"], op))
+    local = one_shot_all_to_all_s((1.0 - remote) * size_bytes, group.domain_size, group.scaleup, fit)
+    return np.maximum(nic, local)
+
+
+def exchange_s(size_bytes: Num, lay: Layout, group: NodeGroup, fit: CommFit, op: str, prefill: Num) -> Num:
+    """One MoE dispatch or combine of a `size_bytes` per-rank buffer over the EP group, by the tier its
+    `tp x attention_dp` devices span: a published kernel for the scale-up link where one is known (UB),
+    else the profile's fitted NCCL all-to-all (`fit`) over the `ep` peers; across domains the RDMA path."""
+    span = lay.tp * lay.attention_dp
+    link = contiguous_tier(group, span)
+    if link is not group.scaleup:
+        return _rdma_s(size_bytes, span, group, fit, op, prefill)
+    known = a2a_kernels().get(link.name)
+    if known:
+        return _kernel_s(size_bytes, link, known["any"], op)
+    return one_shot_all_to_all_s(size_bytes, lay.ep, link, fit)
+
+
+def dispatch_combine_s(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, group: NodeGroup, fit: CommFit,
                        skew: float) -> dict[str, Num]:
-    """Seconds of one MoE layer's dispatch and combine on the busiest rank."""
+    """Seconds of one MoE layer's dispatch and combine on the busiest rank (`fit`: the scale-up
+    all-to-all fit)."""
     if lay.ep <= 1:
         return {}
     dispatch = a2a_buffer_bytes(model, lay, b.tokens, dispatch_elem_bytes(prec), skew)
     combine = a2a_buffer_bytes(model, lay, b.tokens, prec.act_bytes, skew)
-    return {"ep_dispatch": one_shot_all_to_all_s(dispatch, lay.ep, link, fit),
-            "ep_combine": one_shot_all_to_all_s(combine, lay.ep, link, fit)}
+    return {"ep_dispatch": exchange_s(dispatch, lay, group, fit, "dispatch", b.prefill_tokens),
+            "ep_combine": exchange_s(combine, lay, group, fit, "combine", b.prefill_tokens)}
 
 
 # ---- micro-batch overlap -----------------------------------------------------------------------
-def exposed_comm(compute_s: Num, comms: dict[str, Num], m: int) -> dict[str, Num]:
-    """Communication left on the critical path when `m` micro-batches alternate compute and comm.
+def exposed_comm(compute_s: Num, comms: dict[str, Num], m: int, layers: int = 1) -> dict[str, Num]:
+    """Communication left on the critical path of one of `layers` consecutive layers when `m`
+    micro-batches alternate compute and comm.
 
-    Two streams (compute, communication) over m alternating pairs finish after
-    max(C, A) + min(C, A) / m, so the exposed communication is that minus C, shared out over the
-    collectives in proportion to their time (DeepSeek's dual micro-batch overlap; CloudMatrix-Infer's
-    microbatch pipelining).
+    The two streams (compute, communication) stay staggered from one layer to the next, so in steady
+    state a layer takes max(C, A); the stagger is set up once per pass, a min(C, A) / m share of one
+    layer, spread here over the `layers` layers. The exposed communication is that minus C, shared out
+    over the collectives in proportion to their time (DeepSeek's dual micro-batch overlap, its decode
+    pipeline running across layers; CloudMatrix-Infer's microbatch pipelining).
     """
     if m <= 1 or not comms:
         return comms
     total = sum(comms.values())
-    exposed = np.maximum(total - compute_s, 0.0) + np.minimum(total, compute_s) / m
+    exposed = np.maximum(total - compute_s, 0.0) + np.minimum(total, compute_s) / (m * layers)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(np.asarray(total) > 0, exposed / np.maximum(total, 1e-30), 0.0)
     return {k: v * share for k, v in comms.items()}

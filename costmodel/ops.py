@@ -32,15 +32,22 @@ class Batch:
     prefill_tokens: Num = 0.0
     prefill_span: Num = 0.0  # mean keys each prefill token attends to (isl/2 for whole prompts)
     prefill_seqs: Num = 0.0  # prompts in the chunk (each emits one token at its end)
+    # tokens each decoding sequence runs this step: 1, or 1 + draft tokens when a speculative step
+    # verifies them (costmodel/speculative.py); they share one read of the sequence's KV cache
+    decode_queries: Num = 1.0
+
+    @property
+    def decode_tokens(self) -> Num:
+        return self.decode_seqs * self.decode_queries
 
     @property
     def tokens(self) -> Num:
-        return self.decode_seqs + self.prefill_tokens
+        return self.decode_tokens + self.prefill_tokens
 
     def split(self, n: int) -> Batch:
         """One of `n` equal parts (pipeline or overlap micro-batches): counts shrink, lengths stay."""
         return Batch(self.decode_seqs / n, self.decode_ctx, self.prefill_tokens / n, self.prefill_span,
-                     self.prefill_seqs / n)
+                     self.prefill_seqs / n, self.decode_queries)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ def _attention_core(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, la
     adp = lay.attention_dp
     tokens = b.tokens / adp
     dec, pre = b.decode_seqs / adp, b.prefill_tokens / adp
+    q_dec = dec * b.decode_queries  # decode query tokens: a verify step's drafts read the same KV
     kv_b = prec.kv_bytes
     prompt_only = prompt_calls(b, adp)
     dec_ctx = keys_read(layer, b.decode_ctx)
@@ -119,12 +127,12 @@ def _attention_core(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, la
                       2.0 * pre * span * heads * (qk + m.v_head_dim),
                       pre * heads * (2 * qk + 2 * m.v_head_dim) * prec.act_bytes, 2.0 * span,
                       family="mla_prefill", calls=prompt_only))
-        ops.append(_gemm("q_absorb", dec, heads * m.kv_lora_rank, m.qk_nope_head_dim, prec))
+        ops.append(_gemm("q_absorb", q_dec, heads * m.kv_lora_rank, m.qk_nope_head_dim, prec))
         # every head reads the one shared latent: a sequence is one work item
         ops.append(Op("attn_decode", "attn_decode",
-                      2.0 * dec * dec_ctx * heads * (latent + m.kv_lora_rank),
+                      2.0 * q_dec * dec_ctx * heads * (latent + m.kv_lora_rank),
                       dec * dec_ctx * latent * kv_b, family="mla_decode", items=dec))
-        ops.append(_gemm("v_absorb", dec, heads * m.v_head_dim, m.kv_lora_rank, prec))
+        ops.append(_gemm("v_absorb", q_dec, heads * m.v_head_dim, m.kv_lora_rank, prec))
         ops.append(_gemm("o_proj", tokens, h, heads * m.v_head_dim, prec))
         return ops
     kv = 1 if shared else 2  # cached tensors per KV head
@@ -141,8 +149,9 @@ def _attention_core(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, la
         Op("attn_prefill", "attn_prefill", 4.0 * pre * span * heads * d,
            pre * (heads + 2 * kv_heads) * d * prec.act_bytes * 2, 2.0 * span, calls=prompt_only),
         # the KV read plus Q in and O out, as the fitted kernel rows count it
-        Op("attn_decode", "attn_decode", 4.0 * dec * dec_ctx * heads * d,
-           dec * dec_ctx * kv * kv_heads * d * kv_b + dec * heads * d * 2 * prec.act_bytes, items=dec * kv_heads),
+        Op("attn_decode", "attn_decode", 4.0 * q_dec * dec_ctx * heads * d,
+           dec * dec_ctx * kv * kv_heads * d * kv_b + q_dec * heads * d * 2 * prec.act_bytes,
+           items=dec * kv_heads),
         o,
     ]
 
@@ -170,8 +179,9 @@ def state_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> list[
         Op("state_prefill", "attn_prefill", pre * (per_token + heads * 2.0 * SCAN_CHUNK * (s.k_dim + s.v_dim)),
            pre * width * prec.act_bytes * 2 + b.prefill_seqs / adp * state * 2, 2.0 * SCAN_CHUNK,
            calls=prompt_calls(b, adp)),
-        Op("state_decode", "attn_decode", dec * per_token, dec * (state * 2 + width * prec.act_bytes),
-           items=dec * heads),
+        # a verify step's drafts update the state one after another, reading and writing it once
+        Op("state_decode", "attn_decode", dec * b.decode_queries * per_token,
+           dec * (state * 2 + b.decode_queries * width * prec.act_bytes), items=dec * heads),
         _gemm("state_out_proj", tokens, model.hidden_size, heads * s.v_dim, prec),
     ]
 
@@ -196,7 +206,7 @@ def indexer_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, layer:
         _gemm("index_proj", tokens, ix.params / model.hidden_size, model.hidden_size, prec),
         Op("index_prefill", "attn_prefill", 2.0 * pre * span_keys * ix.heads * ix.head_dim,
            pre * ix.head_dim * INDEX_KEY_BYTES * 2, 2.0 * span_keys, calls=prompt_calls(b, adp)),
-        Op("index_decode", "attn_decode", 2.0 * dec * dec_keys * ix.heads * ix.head_dim,
+        Op("index_decode", "attn_decode", 2.0 * dec * b.decode_queries * dec_keys * ix.heads * ix.head_dim,
            dec * dec_keys * ix.head_dim * INDEX_KEY_BYTES, items=dec),
     ]
 
@@ -263,7 +273,7 @@ def elementwise_op(model: ModelSpec, lay: Layout, b: Batch) -> Op:
 
 def lm_head_op(model: ModelSpec, lay: Layout, prec: Precision, b: Batch) -> Op:
     """Logits for every sequence that emits a token this iteration (vocab split over tp)."""
-    rows = (b.decode_seqs + b.prefill_seqs) / lay.attention_dp
+    rows = (b.decode_tokens + b.prefill_seqs) / lay.attention_dp
     return _gemm("lm_head", rows, model.vocab_size / lay.tp, model.hidden_size, prec)
 
 

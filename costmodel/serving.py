@@ -63,8 +63,12 @@ def prompt_prefill_s(inst: Instance, isl: int, budget: int) -> float:
 
 
 def _mixed_step(inst: Instance, b: np.ndarray, p: np.ndarray, isl: int, osl: int) -> np.ndarray:
-    return np.asarray(inst.step_s(Batch(decode_seqs=b, decode_ctx=isl + osl / 2, prefill_tokens=p,
-                                        prefill_span=isl / 2, prefill_seqs=p / isl)), dtype=float)
+    """Time per output token of `b` decoding sequences with prompts arriving at `p` tokens per output
+    token: one iteration over `tokens_per_step` (> 1 with speculative decoding), which is that many
+    output tokens long, so it carries that many times `p`."""
+    k = inst.tokens_per_step
+    return np.asarray(inst.step_s(Batch(decode_seqs=b, decode_ctx=isl + osl / 2, prefill_tokens=p * k,
+                                        prefill_span=isl / 2, prefill_seqs=p * k / isl)), dtype=float) / k
 
 
 def fixed_point(g: Callable[[np.ndarray], np.ndarray], t_lo: float, refinements: int = 3) -> float:
@@ -97,22 +101,23 @@ def closed_loop(inst: Instance, isl: int, osl: int, clients: int, running_cap: i
     w = inst.engine.closed_loop_wave
     wave = w * (n - 1) / 2 * x
     riding = 1 - w / 2  # share of the prompts' prefill that runs inside decode iterations
+    k = inst.tokens_per_step  # t below is the time per output token; an iteration is k of them
 
     def pre(t: np.ndarray) -> np.ndarray:
         # the wait for the iteration that prefills the new prompt, that iteration, and the prompt's own prefill
-        return (inst.engine.resubmit_wait_iterations + 1.0) * t + x + wave
+        return (inst.engine.resubmit_wait_iterations + 1.0) * k * t + x + wave
 
     def g(t: np.ndarray) -> np.ndarray:
         lam = n / (pre(t) + (osl - 1) * t)
         return _mixed_step(inst, lam * (osl - 1) * t, riding * lam * isl * t, isl, osl)
 
-    tpot = fixed_point(g, 0.5 * float(inst.decode_s(1.0, isl + osl / 2)))
+    tpot = fixed_point(g, 0.5 * float(inst.decode_s(1.0, isl + osl / 2)) / k)
     ttft = float(pre(np.asarray(tpot)))
     lam = n / (ttft + (osl - 1) * tpot)
     queue = max(clients - n, 0.0) / lam
     return Steady(ttft_s=queue + ttft + inst.engine.ttft_overhead_ms * 1e-3, tpot_s=tpot, requests_per_s=lam,
-                  decode_batch=lam * (osl - 1) * tpot, prefill_tokens_per_step=riding * lam * isl * tpot, admitted=n,
-                  queue_s=queue, osl=osl)
+                  decode_batch=lam * (osl - 1) * tpot, prefill_tokens_per_step=riding * lam * isl * k * tpot,
+                  admitted=n, queue_s=queue, osl=osl)
 
 
 def capacity_rps(inst: Instance, isl: int, osl: int, running_cap: int) -> float:
@@ -129,15 +134,17 @@ def open_loop(inst: Instance, isl: int, osl: int, rate_rps: float, running_cap: 
     if rho >= 1.0:
         return Steady(math.inf, math.inf, cap, running_cap, 0.0, running_cap, math.inf, osl, stable=False)
     x = prompt_prefill_s(inst, isl, budget)
+    k = inst.tokens_per_step
     tpot = fixed_point(lambda t: _mixed_step(inst, rate_rps * (osl - 1) * t, rate_rps * isl * t, isl, osl),
-                       0.5 * float(inst.decode_s(1.0, isl + osl / 2)))
+                       0.5 * float(inst.decode_s(1.0, isl + osl / 2)) / k)
     if not math.isfinite(tpot):
         return Steady(math.inf, math.inf, cap, running_cap, 0.0, running_cap, math.inf, osl, stable=False)
-    service = 0.5 * tpot + x + tpot + inst.engine.ttft_overhead_ms * 1e-3
-    queue = rho / (2 * (1 - rho)) * (x + tpot)
+    it = k * tpot  # one iteration
+    service = 0.5 * it + x + it + inst.engine.ttft_overhead_ms * 1e-3
+    queue = rho / (2 * (1 - rho)) * (x + it)
     b = rate_rps * (osl - 1) * tpot
     return Steady(ttft_s=queue + service, tpot_s=tpot, requests_per_s=rate_rps, decode_batch=b,
-                  prefill_tokens_per_step=rate_rps * isl * tpot,
+                  prefill_tokens_per_step=rate_rps * isl * it,
                   admitted=rate_rps * (service + queue + (osl - 1) * tpot), queue_s=queue, osl=osl)
 
 

@@ -15,6 +15,7 @@ from costmodel.calibration.profile import Profile, profile_for
 from costmodel.catalog import model as load_model
 from costmodel.disagg import disagg_point
 from costmodel.energy import check_power_cap
+from costmodel.engines import Engine
 from costmodel.engines import engine as load_engine
 from costmodel.estimate import Estimate, build_instance, estimate_instance
 from costmodel.instance import Instance
@@ -26,6 +27,7 @@ from costmodel.simulator import Goodput, SchedulerConfig, SimResult, find_goodpu
 from costmodel.simulator import Setup as SimSetup
 from costmodel.simulator import run as sim_run
 from costmodel.simulator import setup as sim_setup
+from costmodel.speculative import Speculation
 from costmodel.workload import SLO, Workload
 from costmodel.workload_dist import Draw, SimWorkload
 from costmodel.workload_dist import draw as draw_requests
@@ -80,6 +82,20 @@ def _profile(device: str, profile: str | Path | Profile | None) -> Profile:
     return profile if isinstance(profile, Profile) else profile_for(device, profile)
 
 
+def as_speculation(spec: Speculation | dict[str, Any] | None) -> Speculation | None:
+    """None (off), a Speculation, or its fields ({"draft_tokens": 1, "acceptance": 0.85})."""
+    if spec is None or isinstance(spec, Speculation):
+        return spec
+    return build(Speculation, spec, "speculation")
+
+
+def _engine(name: str, speculation: Speculation | dict[str, Any] | None) -> Engine:
+    """The engine's constants, launched with speculative decoding / MTP when `speculation` is given."""
+    eng = load_engine(name)
+    spec = as_speculation(speculation)
+    return eng if spec is None else eng.model_copy(update={"speculation": spec})
+
+
 def _local_profile(clu: Cluster, profile: str | Path | Profile | None) -> str | Path | Profile | None:
     """`--cluster local` uses what `planner calibrate` measured here unless a profile is given; unmeasured,
     its profile carries the wide error band of an estimate (planner.calibrate.state)."""
@@ -94,11 +110,14 @@ def estimate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, An
              workload: Workload | dict[str, Any] | None = None, precision: str | None = None,
              engine: str = "vllm", kv_cache_dtype: str = "auto", profile: str | Path | Profile | None = None,
              max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None,
-             redundant_experts: int = 0, micro_batches: int = 1) -> Estimate:
+             redundant_experts: int = 0, micro_batches: int = 1,
+             speculation: Speculation | dict[str, Any] | None = None) -> Estimate:
     """Predict TTFT, TPOT, throughput and per-device memory of one layout for a workload.
 
     MoE options: `redundant_experts` extra expert copies per layer balanced by EPLB (memory for
-    balance), `micro_batches=2` to overlap communication with compute (costmodel/moe.py)."""
+    balance), `micro_batches=2` to overlap communication with compute (costmodel/moe.py).
+    `speculation` turns on speculative decoding / MTP ({"draft_tokens": 1, "acceptance": 0.85};
+    costmodel/speculative.py): steps verify the drafts and emit the accepted tokens."""
     spec = load_model(model)
     clu = load_cluster(cluster)
     profile = _local_profile(clu, profile)
@@ -112,7 +131,8 @@ def estimate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, An
         )
     prec, note = resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)
     inst = build_instance(spec, lay, prec, group,
-                          _profile(group.device.name, profile), load_engine(engine), redundant_experts, micro_batches)
+                          _profile(group.device.name, profile), _engine(engine, speculation),
+                          redundant_experts, micro_batches)
     est = estimate_instance(inst, wl, max_num_seqs, max_num_batched_tokens)
     return dataclasses.replace(est, notes=(note, *est.notes)) if note else est
 
@@ -124,7 +144,7 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
          cross_domain_tp: bool = False, seed: int = 0, power_caps: Sequence[float | None] = (None,),
          usd_per_device_hour: float = 1.0, progress: Callable[[int, int], None] | None = None,
          simulate_top: int = 0, modes: Sequence[str] = ("agg",), search: str | None = None,
-         goal: str = "auto") -> PlanResult:
+         goal: str = "auto", speculation: Speculation | dict[str, Any] | None = None) -> PlanResult:
     """Every valid layout of `model` on `cluster`, ranked by goodput per device under `slo`.
 
     `modes` ("agg", "disagg") and `search` ("auto", "exhaustive", "cpsat", "lp", "heuristic"; the
@@ -140,6 +160,7 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
     With `simulate_top=K` the K best feasible plans are re-ranked by the iteration-level simulator
     (goodput per device at 90% SLO attainment, or simulated throughput for a closed loop), so
     queueing and batching dynamics the analytic screen averages away decide among them.
+    `speculation` plans every layout with speculative decoding / MTP on (see `estimate`).
     Raises InfeasibleError (naming what binds and by how much) when no layout qualifies.
     """
     spec = load_model(model)
@@ -147,7 +168,7 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
     profile = _local_profile(clu, profile)
     slo_, wl = as_slo(slo), as_workload(workload)
     prec = resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)[0]
-    eng = load_engine(engine)
+    eng = _engine(engine, speculation)
     caps = _power_caps(power_caps, clu, profile)
     if not (isinstance(usd_per_device_hour, (int, float)) and 0 < usd_per_device_hour < math.inf):
         raise PlannerInputError(f"usd_per_device_hour={usd_per_device_hour!r} must be a positive price per "
@@ -309,7 +330,8 @@ def as_scheduler(scheduler: SchedulerConfig | dict[str, Any] | None) -> Schedule
 
 def _sim_setup(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any] | None, wl: SimWorkload,
                precision: str | None, engine: str, kv_cache_dtype: str, profile: str | Path | Profile | None,
-               scheduler: SchedulerConfig | dict[str, Any] | None, seed: int) -> tuple[SimSetup, Draw]:
+               scheduler: SchedulerConfig | dict[str, Any] | None, seed: int,
+               speculation: Speculation | dict[str, Any] | None = None) -> tuple[SimSetup, Draw]:
     spec = load_model(model)
     clu = load_cluster(cluster)
     profile = _local_profile(clu, profile)
@@ -323,7 +345,7 @@ def _sim_setup(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, 
         raise PlannerInputError(f"seed={seed!r} must be a whole number, e.g. 0")
     inst = build_instance(spec, lay.model_copy(update={"dp": 1}),
                           resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)[0], group,
-                          _profile(group.device.name, profile), load_engine(engine))
+                          _profile(group.device.name, profile), _engine(engine, speculation))
     drawn = draw_requests(wl, seed)
     return sim_setup(inst, as_scheduler(scheduler), drawn, replicas=lay.dp), drawn
 
@@ -332,7 +354,8 @@ def simulate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, An
              workload: SimWorkload | Workload | dict[str, Any] | None = None, precision: str | None = None,
              engine: str = "vllm", kv_cache_dtype: str = "auto", profile: str | Path | Profile | None = None,
              scheduler: SchedulerConfig | dict[str, Any] | None = None, seed: int = 0,
-             progress: Callable[[int, int], None] | None = None) -> SimResult:
+             progress: Callable[[int, int], None] | None = None,
+             speculation: Speculation | dict[str, Any] | None = None) -> SimResult:
     """Simulate serving `workload` on `layout` iteration by iteration (continuous batching, chunked
     prefill, KV blocks and preemption; `dp` replicas behind `scheduler.router`).
 
@@ -341,7 +364,8 @@ def simulate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, An
     `cv`) | constant, or a `trace` file (BurstGPT, Azure or Mooncake). `progress(done, total)` is
     called as requests complete."""
     wl = as_sim_workload(workload)
-    s, drawn = _sim_setup(model, cluster, layout, wl, precision, engine, kv_cache_dtype, profile, scheduler, seed)
+    s, drawn = _sim_setup(model, cluster, layout, wl, precision, engine, kv_cache_dtype, profile, scheduler, seed,
+                          speculation)
     return sim_run(s, drawn, progress=progress)
 
 

@@ -78,6 +78,12 @@ def _common(p: argparse.ArgumentParser, workload_required: bool = True) -> None:
     p.add_argument("--kv-cache-dtype", default="auto", choices=KV_DTYPES,
                    help="KV cache dtype (auto = 16-bit; fp8 must be asked for)")
     p.add_argument("--engine", default="vllm", choices=ENGINES, help="serving engine whose overheads apply")
+    p.add_argument("--mtp", action="store_true",
+                   help="decode with multi-token prediction (one draft token at DeepSeek's 85%% acceptance)")
+    p.add_argument("--spec-tokens", type=_positive_int,
+                   help="speculative decoding: tokens drafted per sequence per step (implies --mtp)")
+    p.add_argument("--spec-acceptance", type=_positive_float,
+                   help="chance a draft is accepted given the ones before it were (0-1, implies --mtp)")
     p.add_argument("--profile", help="calibration profile (JSON) to use instead of the shipped one")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -85,6 +91,18 @@ def _common(p: argparse.ArgumentParser, workload_required: bool = True) -> None:
 def _model(a: argparse.Namespace) -> str | ModelSpec:
     """The --model reference, loaded without its vision tower when --text-only asks."""
     return model_catalog.model(a.model, vision=False) if a.text_only else a.model
+
+
+def _speculation(a: argparse.Namespace) -> dict[str, Any] | None:
+    """--mtp / --spec-tokens / --spec-acceptance as a Speculation's fields; None when none is given."""
+    if not (a.mtp or a.spec_tokens or a.spec_acceptance):
+        return None
+    spec: dict[str, Any] = {}
+    if a.spec_tokens:
+        spec["draft_tokens"] = a.spec_tokens
+    if a.spec_acceptance:
+        spec["acceptance"] = a.spec_acceptance
+    return spec
 
 
 def _workload(a: argparse.Namespace) -> dict[str, Any]:
@@ -175,7 +193,8 @@ def cmd_estimate(a: argparse.Namespace, out: Console) -> int:
     _say_if_uncalibrated(a.cluster)
     layout = {"tp": a.tp, "pp": a.pp, "dp": a.dp, "ep": a.ep, "attention_dp": a.attention_dp, "sp": a.sp}
     e = estimate(_model(a), a.cluster, layout=layout, workload=_workload(a), precision=a.precision,
-                 engine=a.engine, kv_cache_dtype=a.kv_cache_dtype, profile=a.profile)
+                 engine=a.engine, kv_cache_dtype=a.kv_cache_dtype, profile=a.profile,
+                 speculation=_speculation(a))
     if a.json:
         print(json.dumps(e.as_dict(), indent=2))
         return 0
@@ -261,7 +280,8 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
             r = plan(_model(a), a.cluster, slo=slo, workload=_workload(a), precision=a.precision, engine=a.engine,
                      kv_cache_dtype=a.kv_cache_dtype, profile=a.profile, budget_s=a.budget_s, n_jobs=a.jobs,
                      modes=a.modes, search=a.search, goal=a.goal,
-                     power_caps=a.power_caps, usd_per_device_hour=a.usd_per_device_hour, progress=tick)
+                     power_caps=a.power_caps, usd_per_device_hour=a.usd_per_device_hour, progress=tick,
+                     speculation=_speculation(a))
     except InfeasibleError as exc:
         if a.out:
             exc.result.save(a.out)

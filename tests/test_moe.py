@@ -155,16 +155,16 @@ def test_ep_group_tier_follows_the_domain():
 
 def test_quantized_dispatch_and_16_bit_combine():
     lay = Layout(tp=1, attention_dp=8, ep=8)
-    link = cluster("dgx-h100").groups[0].scaleup
+    group = cluster("dgx-h100").groups[0]
     fit = CommFit(eff=0.5, alpha_us=0.0, step_us=0.0)
     b = Batch(decode_seqs=4096)
-    fp8 = moe.dispatch_combine_s(V3, lay, FP8, b, link, fit, 1.0)
-    bf16 = moe.dispatch_combine_s(V3, lay, precision("bf16"), b, link, fit, 1.0)
+    fp8 = moe.dispatch_combine_s(V3, lay, FP8, b, group, fit, 1.0)
+    bf16 = moe.dispatch_combine_s(V3, lay, precision("bf16"), b, group, fit, 1.0)
     assert fp8["ep_dispatch"] == pytest.approx(fp8["ep_combine"] / 2)
     assert bf16["ep_dispatch"] == pytest.approx(bf16["ep_combine"]) == pytest.approx(fp8["ep_combine"])
     # by hand: 512 tokens per rank x 8 experts x 7168 x 1 byte, 7/8 of it over 450 GB/s x 0.5
     assert fp8["ep_dispatch"] == pytest.approx(512 * 8 * 7168 * 7 / 8 / 225e9)
-    assert moe.dispatch_combine_s(V3, Layout(tp=8), FP8, b, link, fit, 1.0) == {}
+    assert moe.dispatch_combine_s(V3, Layout(tp=8), FP8, b, group, fit, 1.0) == {}
 
 
 def test_one_shot_all_to_all_pays_one_hop_not_n():

@@ -377,12 +377,16 @@ class Simulation:
     def __init__(self, table: StepTable, sched: SchedulerConfig, kv_blocks: int, replicas: int, pp: int,
                  isl: np.ndarray, osl: np.ndarray, arrival_s: np.ndarray | None, concurrency: int | None,
                  slo_s: dict[str, float] | None = None, fail_limit: int | None = None,
-                 progress: Callable[[int, int], None] | None = None, jumps: bool = True):
+                 progress: Callable[[int, int], None] | None = None, jumps: bool = True,
+                 tokens: np.ndarray | None = None):
         n = len(isl)
         self.n = n
         self.log = Log.empty(n)
         self.log.isl[:] = isl.tolist()
         self.log.osl[:] = osl.tolist()
+        # output tokens per request where a decode step emits more than one (speculative decoding):
+        # `osl` then counts the steps it is scheduled for (costmodel.simulator.run.decode_steps)
+        self.tokens = (osl if tokens is None else tokens).tolist()
         self.pp = pp
         self.replicas = replicas
         per_engine_blocks = kv_blocks // pp
@@ -428,7 +432,7 @@ class Simulation:
         eng.unfinished -= 1
         self._settle(rid, t, eng.rep)
         if self.slo:
-            osl = log.osl[rid]
+            osl = self.tokens[rid]
             tpot = (t - log.first[rid]) / (osl - 1) if osl > 1 else 0.0
             if tpot > self.slo.get("tpot_s", INF) or t - log.arrival[rid] > self.slo.get("e2e_s", INF):
                 self._fail(rid)

@@ -62,6 +62,20 @@ def setup(inst: Instance, sched: SchedulerConfig, draw: Draw, replicas: int = 1)
     return Setup(inst, sched, blocks, table, replicas)
 
 
+def decode_steps(osl: np.ndarray, tokens_per_step: float) -> np.ndarray:
+    """Iterations each request is scheduled for: its first token comes with its prefill, the rest at
+    `tokens_per_step` per decode step (speculative decoding / MTP verifies drafts: more than one).
+
+    With speculation the simulator runs these steps and the result counts the requests' tokens, so TPOT
+    and throughput are per token; a step's KV grows by one slot per sequence (the accepted drafts'
+    slots, (k - 1) / k of the generated tokens, are not reserved), and an ITL sample is the gap between
+    steps, each delivering `tokens_per_step` tokens on average."""
+    if tokens_per_step == 1.0:
+        return osl
+    steps = 1 + np.ceil((osl - 1) / tokens_per_step)
+    return np.where(osl > 1, steps, osl).astype(osl.dtype)
+
+
 def run(s: Setup, draw: Draw, rate_rps: float | None = None, slo_ms: dict[str, float] | None = None,
         fail_limit: int | None = None, progress: Callable[[int, int], None] | None = None,
         exact: bool = False) -> SimResult:
@@ -73,8 +87,9 @@ def run(s: Setup, draw: Draw, rate_rps: float | None = None, slo_ms: dict[str, f
     arrivals = draw.arrivals_at(rate_rps)
     slo_s = {k.replace("_ms", "_s"): v / 1e3 for k, v in (slo_ms or {}).items() if v is not None}
     table = replace(s.table, max_rel_err=math.inf) if exact else s.table
-    sim = Simulation(table, s.sched, s.kv_blocks, s.replicas, s.pp, draw.isl, draw.osl, arrivals,
-                     draw.concurrency, slo_s, fail_limit, progress, jumps=not exact)
+    steps = decode_steps(draw.osl, s.inst.tokens_per_step)
+    sim = Simulation(table, s.sched, s.kv_blocks, s.replicas, s.pp, draw.isl, steps, arrivals,
+                     draw.concurrency, slo_s, fail_limit, progress, jumps=not exact, tokens=draw.osl)
     log = sim.run()
     notes = []
     if s.table.exact and not exact:
