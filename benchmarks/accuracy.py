@@ -12,7 +12,8 @@ the shipped profiles (fitted on every group but one per engine: `ship.HELDOUT`),
 (no efficiencies, no engine overhead, no queueing). Errors are median absolute percentage errors
 (MdAPE); TTFT is also given on the unsaturated rows (measured TTFT < 5 s: the rest queue for KV cache).
 Layout pairs (same group and load, different layout) are ordered by TPOT and by output tok/s per device
-and compared with the measured order.
+and compared with the measured order. Last, the published max-load throughput rows
+(`costmodel.calibration.maxload`) against the model.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from costmodel.calibration import logo  # noqa: E402
+from costmodel.calibration.maxload import ROWS as MAX_LOAD  # noqa: E402
+from costmodel.calibration.maxload import predict_max_load  # noqa: E402
 from costmodel.calibration.profile import CommFit, Profile, RooflineFit  # noqa: E402
 from costmodel.calibration.silicon import ape, load_rows, predict, supported  # noqa: E402
 
@@ -121,6 +124,13 @@ def main() -> int:
     if base:
         print(f"baseline, ideal roofline, same {len(base)} rows: TTFT {statistics.median(x for x, _ in base):.1f}% "
               f"TPOT {statistics.median(y for _, y in base):.1f}%")
+    ratios = []
+    for row in MAX_LOAD:
+        p = predict_max_load(row)
+        ratios.append(p.ratio)
+        print(f"max load {row.model} on {row.cluster} TP{row.tp} {row.isl}/{row.osl} {row.engine} {row.precision}: "
+              f"{p.output_tok_s:,.0f} vs {row.output_tok_s:,.0f} tok/s published ({p.ratio:.2f}x, {p.running} running)")
+    print(f"max load: median {statistics.median(ratios):.2f}x, lowest {min(ratios):.2f}x of published")
     print(f"{len(rows)} rows; {fitted_now} leave-one-group-out fits run in {t_fit:.0f} s (the rest cached in "
           f"{cache.folder.relative_to(ROOT)}); predictions {time.perf_counter() - t0 - t_fit:.0f} s")
     return 0
