@@ -1,7 +1,9 @@
 """Check emitted command lines and config keys against the flags recorded from each engine's source.
 
-`flags/<engine>-<version>.yaml` lists, per command (`vllm serve`, `trtllm-serve`, ...), every flag the
-emitters may write with its value type and the source file it was read from. Emitters run these
+`flags/<engine>-<version>.yaml` lists, per command (`vllm serve`, `trtllm-serve`, ...), the flags it accepts
+with their value types and where they were read: the newer records every option of the released
+package's own parsers (written by planner/emit/tools/record_flags.py; a flag's source is then its
+command's), the older ones the flags the emitters wrote, read by hand from source files. Emitters run these
 checks before writing, and the tests run them on every emitted file, so a typo, a flag the pinned
 version lacks or a value of the wrong form (`--kv-cache-dtype fp8` on SGLang, `--tp-size two`) fails.
 """
@@ -9,6 +11,7 @@ version lacks or a value of the wrong form (`--kv-cache-dtype fp8` on SGLang, `-
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from collections.abc import Iterable, Iterator
@@ -32,7 +35,8 @@ class Flag:
     type: str
     source: str
     choices: tuple[str, ...] = ()
-    nargs: int = 1  # values one occurrence takes (argparse nargs=N), e.g. sglang_router's --prefill URL PORT
+    nargs: int | str = 1  # values one occurrence takes: argparse's N, "+", "*" or "?"
+    deprecated: bool = False  # the engine's help calls it deprecated: emitters must not write it
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Command:
 
     name: str
     words: tuple[str, ...]
-    positional: int
+    positional: tuple[str, ...]  # names; `name?` optional, `name*` any number
     flags: dict[str, Flag]
     source: str
 
@@ -54,30 +58,42 @@ class Spec:
     configs: dict[str, dict[str, Flag]]
 
 
-def _flags(raw: dict[str, Any], where: str) -> dict[str, Flag]:
+def _flags(raw: dict[str, Any], where: str, source: str = "") -> dict[str, Flag]:
+    """Flags by every name they answer to (aliases too); `source` is the command's, for flags without one."""
     out = {}
     for name, f in (raw or {}).items():
         if f["type"] not in TYPES:
             raise ValueError(f"{where}: flag {name} has unknown type {f['type']!r}; use one of {TYPES}")
-        if not f.get("source"):
+        if not (f.get("source") or source):
             raise ValueError(f"{where}: flag {name} has no source file")
-        out[name] = Flag(name, f["type"], f["source"], tuple(str(c) for c in f.get("choices", ())),
-                         int(f.get("nargs", 1)))
+        nargs = f.get("nargs", 1)
+        flag = Flag(name, f["type"], f.get("source") or source, tuple(str(c) for c in f.get("choices", ())),
+                    nargs if nargs in ("+", "*", "?") else int(nargs), bool(f.get("deprecated")))
+        for alias in (name, *f.get("aliases", ())):
+            out[alias] = flag
     return out
 
 
+def spec(files: str | list[str] | tuple[str, ...]) -> Spec:
+    """The recorded flags of one pinned engine version (`vllm-0.11.yaml`), or of several records together
+    (an engine and the router its deployments run): the first names the engine and version."""
+    names = (files,) if isinstance(files, str) else tuple(files)
+    parts = [_spec(n) for n in names]
+    return Spec(parts[0].engine, parts[0].version, {k: v for p in parts for k, v in p.commands.items()},
+                {k: v for p in parts for k, v in p.configs.items()})
+
+
 @cache
-def spec(filename: str) -> Spec:
-    """The recorded flags of one pinned engine version (`vllm-0.11.yaml`)."""
+def _spec(filename: str) -> Spec:
     raw = yaml.safe_load((FLAGS_DIR / filename).read_text())
     commands = {}
     for name, c in raw["commands"].items():
-        flags = _flags(c.get("flags"), f"{filename} {name}")
+        flags = _flags(c.get("flags"), f"{filename} {name}", c.get("source", ""))
         inherit = c.get("inherit")
         if inherit:
-            base = spec(inherit["file"]).commands[inherit["command"]].flags
+            base = _spec(inherit["file"]).commands[inherit["command"]].flags
             flags = {**{k: v for k, v in base.items() if k not in set(inherit.get("exclude", []))}, **flags}
-        commands[name] = Command(name, tuple(name.split()), len(c.get("positional", [])), flags, c["source"])
+        commands[name] = Command(name, tuple(name.split()), tuple(c.get("positional", [])), flags, c["source"])
     configs = {name: _flags(c["keys"], f"{filename} {name}") for name, c in (raw.get("configs") or {}).items()}
     return Spec(raw["engine"], str(raw["version"]), commands, configs)
 
@@ -133,17 +149,20 @@ def check_argv(argv: list[str], command: Command) -> list[str]:
             errors.append(f"`{command.name}` has no flag {name} in the recorded {command.source}")
             i += 1
             continue
+        if flag.deprecated:
+            errors.append(f"{name} is deprecated in the recorded {command.source}")
         if flag.type in ("flag", "bool_optional"):
             if eq:
                 errors.append(f"{name} is a switch and takes no value, got {inline!r}")
             i += 1
             continue
-        if flag.nargs > 1 and not eq:
-            values = args[i + 1:i + 1 + flag.nargs]
-            if len(values) < flag.nargs or any(v.startswith("--") for v in values):
-                errors.append(f"{name} takes {flag.nargs} values")
+        if flag.nargs != 1 and not eq:
+            values = _values(args[i + 1:], flag.nargs)
+            if values is None:
+                errors.append(f"{name} takes {flag.nargs} value(s)")
+                values = []
             errors += [e for v in values if (e := _value_error(flag, v))]
-            i += 1 + flag.nargs
+            i += 1 + len(values)
             continue
         if eq:
             value = inline
@@ -157,9 +176,21 @@ def check_argv(argv: list[str], command: Command) -> list[str]:
         err = _value_error(flag, value)
         if err:
             errors.append(err)
-    if positional != command.positional:
-        errors.append(f"`{command.name}` takes {command.positional} positional argument(s), got {positional}")
+    required = sum(1 for p in command.positional if p[-1] not in "?*")
+    most = math.inf if any(p.endswith("*") for p in command.positional) else len(command.positional)
+    if not required <= positional <= most:
+        errors.append(f"`{command.name}` takes {required}..{most} positional argument(s), got {positional}")
     return errors
+
+
+def _values(rest: list[str], nargs: int | str) -> list[str] | None:
+    """The values a flag with `nargs` takes from the words after it, or None when too few follow."""
+    free = next((k for k, t in enumerate(rest) if t.startswith("--")), len(rest))
+    if isinstance(nargs, int):
+        return rest[:nargs] if free >= nargs else None
+    if nargs == "?":
+        return rest[:min(free, 1)]
+    return rest[:free] if free or nargs == "*" else None
 
 
 def _logical_lines(script: str) -> Iterator[str]:

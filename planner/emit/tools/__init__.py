@@ -1,0 +1,1 @@
+"""Tools a person runs where an engine is installed (not imported by the planner itself)."""
