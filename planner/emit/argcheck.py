@@ -25,7 +25,7 @@ import yaml
 FLAGS_DIR = Path(__file__).parent / "flags"
 TYPES = ("int", "float", "str", "flag", "bool_optional", "choice", "json", "bool")
 _INT = re.compile(r"^-?\d+$")
-_SHELL_VALUE = re.compile(r"^\$(\{[A-Za-z_][A-Za-z0-9_:-]*\}|[A-Za-z_][A-Za-z0-9_]*|\(\(.+\)\))$")
+_SHELL_VALUE = re.compile(r"^\$(\{[A-Za-z_][A-Za-z0-9_:#%*/-]*\}|[A-Za-z_][A-Za-z0-9_]*|\(\(.+\)\))$")
 _ENV_ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 

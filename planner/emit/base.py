@@ -11,7 +11,7 @@ import jinja2
 import yaml
 
 from hardware.errors import PlannerInputError
-from planner.emit import argcheck
+from planner.emit import argcheck, placement
 from planner.emit.deployment import Deployment, Pool
 from planner.result import write_atomic
 
@@ -73,8 +73,10 @@ def predicted(d: Deployment) -> list[tuple[str, str]]:
 
 
 def common_files(d: Deployment, p: Pool, frags: Fragments, tpl: dict[str, Any], *, title: str, engine_title: str,
-                 nodes: int, env: dict[str, str], notes: list[str], bench_tool: str) -> dict[str, str]:
-    """launch.sh, bench.sh and README.md rendered from templates/common.yaml."""
+                 nodes: int, env: dict[str, str], notes: list[str], bench_tool: str,
+                 slot_env: dict[str, str] | None = None, port_kinds: tuple[str, ...] = ()) -> dict[str, str]:
+    """launch.sh, bench.sh and README.md rendered from templates/common.yaml; `slot_env` is exported per
+    replica after its devices and ports are set, and README.md tables the `port_kinds` of every instance."""
     common = template("common.yaml")
     if nodes > 1:
         how = f"NODE_RANK=0 HEAD_IP=<head address> bash launch.sh   # on the head node\n" \
@@ -84,7 +86,9 @@ def common_files(d: Deployment, p: Pool, frags: Fragments, tpl: dict[str, Any], 
             if p.replicas > 1 else "bash launch.sh"
     slo = ", ".join(f"{k} <= {v:g}" for k, v in d.slo.items())
     ctx = {"d": d, "p": p, "title": title, "engine_title": engine_title, "nodes": nodes, "env": env,
-           "ipn": d.instances_per_node(p), "port": tpl["port"], "serve": frags.serve,
+           "slots": placement.slots(d)[p.role], "slot_env": slot_env or {},
+           "placement_table": placement.readme_table(d, port_kinds) if nodes == 1 and port_kinds else "",
+           "port": tpl["port"], "serve": frags.serve,
            "serve_worker": frags.serve_worker,
            "bench": frags.bench, "notes": notes, "predicted": predicted(d), "load": load_text(d), "slo_text": slo,
            "launch_how": how, "flags_file": tpl["flags"], "bench_tool": bench_tool}

@@ -83,6 +83,16 @@ class Deployment:
     devices: int
     pools: tuple[Pool, ...]
     slo: dict[str, float] = field(default_factory=dict)
+    context: int = 0  # the model's longest context (0 = unknown)
+    # (role, engine-unit devices of the cluster group) per instance, from the plan's placement; () = pack
+    placement: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def max_model_len(self) -> int:
+        """ISL + OSL with 10% headroom (tokenizers differ, chat templates add tokens), rounded up to 256,
+        never above the model's context."""
+        want = -(-math.ceil(1.1 * (self.isl + self.osl)) // 256) * 256
+        return min(want, self.context) if self.context else want
 
     @property
     def pool(self) -> Pool:
@@ -171,4 +181,23 @@ def deployment(plan: Plan, request: dict[str, Any], target: str) -> Deployment:
         weights=weights, kv=kv, plan_engine=request.get("engine", "vllm"), chunked_prefill=eng.chunked_prefill,
         mem_fraction=eng.mem_fraction, isl=int(wl["isl"]), osl=int(wl["osl"]), concurrency=wl.get("concurrency"),
         rate_rps=wl.get("rate_rps"), metrics=dict(plan.metrics), devices=plan.devices * d, pools=pools,
-        slo=dict(request.get("slo", {})))
+        slo=dict(request.get("slo", {})), context=_context(spec.name),
+        placement=_placement(plan, pools, d))
+
+
+def _context(name: str) -> int:
+    """The catalog config's max_position_embeddings (text_config's for multimodal ones); 0 when absent."""
+    raw = model_catalog.entries().get(name, {})
+    return int(raw.get("max_position_embeddings") or raw.get("text_config", {}).get("max_position_embeddings") or 0)
+
+
+
+def _placement(plan: Plan, pools: tuple[Pool, ...], dies: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The plan's placement in engine units, when it places exactly the pools' instances (else ())."""
+    roles = {"agg": "aggregated", "prefill": "prefill", "decode": "decode"}
+    placed = [(roles.get(x["role"], x["role"]), tuple(die for dev in x["devices"]
+                                                     for die in range(dev * dies, (dev + 1) * dies)))
+              for x in plan.placement if x.get("device") == plan.device]
+    want = {p.role: p.replicas for p in pools}
+    got = {r: sum(1 for role, _ in placed if role == r) for r in want}
+    return tuple(placed) if placed and got == want and len(placed) == sum(want.values()) else ()

@@ -34,8 +34,8 @@ def options(d: Deployment, p: Pool) -> dict[str, Any]:
 
 def fragments(d: Deployment, p: Pool, tpl: dict[str, Any], opts: dict[str, Any], *, head: str, node_var: str,
               port: str) -> Fragments:
-    # one-node replicas share a node, so each prefill slot gets its own bootstrap port
-    boot = f"$(({BOOTSTRAP_PORT}+SLOT))" if port == "$PORT" else str(BOOTSTRAP_PORT)
+    # one-node replicas may share a node: each takes its bootstrap port from the node's table (placement.py)
+    boot = "$BOOTSTRAP_PORT" if port == "$PORT" else str(BOOTSTRAP_PORT)
     ctx = {"d": d, "p": p, "head": head, "node": f"${node_var}", "port": port, "bootstrap_port": boot, **opts}
     serve = render(tpl["serve"], **ctx)
     return Fragments(serve=serve, serve_worker=serve, bench=render(tpl["bench"], **ctx))
@@ -87,4 +87,5 @@ def _pool_files(d: Deployment, p: Pool, tpl: dict[str, Any], note_lines: list[st
     role = f" ({p.role} pool)" if d.disaggregated else ""
     return common_files(d, p, frags, tpl, title=f"SGLang {tpl['version']} launch of {d.model}{role}",
                         engine_title=f"SGLang {tpl['version']} (`sglang.launch_server`)", nodes=nodes, env={},
-                        notes=note_lines, bench_tool="`python3 -m sglang.bench_serving`")
+                        notes=note_lines, bench_tool="`python3 -m sglang.bench_serving`",
+                        port_kinds=("http", "bootstrap") if d.disaggregated else ("http",))

@@ -7,7 +7,7 @@ from typing import Any
 
 from planner.emit.base import Fragments, common_files, render, template, unsupported, write_files
 from planner.emit.deployment import Deployment, Pool
-from planner.emit.vllm import check_vendor
+from planner.emit.vllm import check_vendor, per_rank
 
 TEMPLATE = "trtllm-1.1.yaml"
 KV_DTYPES = {"bf16": None, "fp8": "fp8"}  # KvCacheConfig.dtype; None renders "auto"
@@ -26,7 +26,8 @@ def options(d: Deployment, p: Pool) -> dict[str, Any]:
     if nodes > 1:
         raise unsupported(d, "trtllm", f"one instance spans {nodes} nodes and the emitted launch is single-node",
                           "emit dynamo or sglang for multi-node instances")
-    return {"kv_dtype": KV_DTYPES[d.kv], "nodes": nodes}
+    # trtllm-serve's max_batch_size is per rank, and with attention DP each rank batches on its own
+    return {"kv_dtype": KV_DTYPES[d.kv], "nodes": nodes, "max_batch_size": per_rank(p.max_num_seqs, p)}
 
 
 def fragments(d: Deployment, p: Pool, tpl: dict[str, Any], opts: dict[str, Any], *, port: str) -> Fragments:
@@ -54,7 +55,8 @@ def emit(d: Deployment, out: Path) -> list[Path]:
     frags = fragments(d, p, tpl, opts, port="$PORT")
     files = common_files(d, p, frags, tpl, title=f"TensorRT-LLM {tpl['version']} launch of {d.model}",
                          engine_title=f"TensorRT-LLM {tpl['version']} (`trtllm-serve`)", nodes=1, env={},
-                         notes=notes(d), bench_tool="TensorRT-LLM's `benchmark_serving`")
+                         notes=notes(d), bench_tool="TensorRT-LLM's `benchmark_serving`",
+                         port_kinds=("http",))
     # launch.sh runs from its own folder so trtllm-serve finds extra-llm-api.yaml beside it
     files["launch.sh"] = files["launch.sh"].replace("set -euo pipefail\n",
                                                     'set -euo pipefail\ncd "$(dirname "$0")"\n', 1)

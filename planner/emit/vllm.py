@@ -25,6 +25,10 @@ QUANTIZATION = {"fp8": "fp8"}  # online dynamic FP8 from a 16-bit checkpoint; ot
 # KVTransferConfig of both pools of a disaggregated plan (vllm/config/kv_transfer.py): NIXL moves each prompt's
 # KV cache from the prefill server to the decode server; kv_both lets one connector config serve either role.
 KV_TRANSFER = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"}, separators=(",", ":"))
+# Each instance's NIXL handshake listener: its own port block from the node's table, and the address the
+# other pool reaches this host on (vllm/envs.py defaults it to localhost, which only works on one node).
+NIXL_ENV = {"VLLM_NIXL_SIDE_CHANNEL_PORT": "$NIXL_PORT",
+            "VLLM_NIXL_SIDE_CHANNEL_HOST": "${HOST_IP:-$(hostname -I | awk '{print $1}')}"}
 ROUTER_NOTE = ("vLLM 0.11's `vllm` command has no prefill/decode router: put a KV-transfer-aware proxy in front of "
                "the two pools (one that sends each request to a prefill server with max_tokens=1, then to a decode "
                "server with the returned kv_transfer_params), or emit `dynamo`, whose frontend routes both pools; "
@@ -58,8 +62,15 @@ def options(d: Deployment, p: Pool, engine: str) -> dict[str, Any]:
     m = mode(d, p, engine)
     return {"mode": m, "expert_parallel": d.moe and p.ep > 1, "kv_dtype": KV_DTYPES[d.kv],
             "quantization": QUANTIZATION.get(d.weights), "dp_local": d.devices_per_node // (p.tp * p.pp),
-            "max_model_len": d.isl + d.osl, "nodes": d.nodes_per_instance(p),
+            "max_model_len": d.max_model_len, "nodes": d.nodes_per_instance(p),
+            # vLLM schedules each data-parallel rank on its own: the plan's instance batch split over them
+            "max_num_seqs": per_rank(p.max_num_seqs, p),
             "kv_transfer": KV_TRANSFER if p.role != "aggregated" else None}
+
+
+def per_rank(instance_cap: int, p: Pool) -> int:
+    """An instance-wide batch cap as the cap of each of its attention-data-parallel ranks."""
+    return max(1, -(-instance_cap // p.attention_dp))
 
 
 def notes(d: Deployment) -> list[str]:
@@ -106,7 +117,9 @@ def _pool_files(d: Deployment, p: Pool, tpl: dict[str, Any], engine: str, note_l
                       port=str(tpl["port"]) if nodes > 1 else "$PORT")
     title = f"{tpl['engine']} {tpl['version']} launch of {d.model}" + (f" ({p.role} pool)" if d.disaggregated else "")
     return common_files(d, p, frags, tpl, title=title, engine_title=f"{engine} {tpl['version']} (`vllm serve`)",
-                        nodes=nodes, env={}, notes=note_lines, bench_tool="`vllm bench serve`")
+                        nodes=nodes, env={}, notes=note_lines, bench_tool="`vllm bench serve`",
+                        slot_env=NIXL_ENV if d.disaggregated else {},
+                        port_kinds=("http", "nixl") if d.disaggregated else ("http",))
 
 
 def check_vendor(d: Deployment, allowed: tuple[str, ...], engine: str, fix: str) -> None:
