@@ -72,8 +72,8 @@ def cached_config(hf_id: str) -> Path | None:
 def from_file(path: Path, name: str, hf_id: str = "", vision: bool = True) -> ModelSpec:
     """A config.json on disk, with the ModelOpt hf_quant_config.json beside it when there is one."""
     quant = path.parent / "hf_quant_config.json"
-    return from_hf_config(read_mapping(path), name=name, hf_id=hf_id, where=f"model file {path}", vision=vision,
-                          quant=read_mapping(quant) if quant.is_file() else None)
+    return from_hf_config(read_mapping(path, "model file"), name=name, hf_id=hf_id, where=f"model file {path}",
+                          vision=vision, quant=read_mapping(quant, "quant config") if quant.is_file() else None)
 
 
 def _torch_module(ref: Any) -> tuple[Any, Any] | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from costmodel.speculative import Speculation
+from hardware.errors import PlannerInputError
 from hardware.loading import build, read_mapping, unknown
 
 DATA = Path(__file__).parent / "data" / "engines.yaml"
@@ -47,6 +48,8 @@ def engines() -> dict[str, Engine]:
 
 
 def engine(name: str) -> Engine:
+    if not isinstance(name, str):
+        raise PlannerInputError(f"engine={name!r} is not an engine name; use one of {', '.join(ENGINES)}")
     key = name.strip().lower().replace("-", "").replace("tensorrtllm", "trtllm")
     if key not in engines():
         raise unknown("engine", name, list(engines()))

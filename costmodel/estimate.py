@@ -97,6 +97,9 @@ def estimate_instance(inst: Instance, wl: Workload, max_num_seqs: int | None = N
     mem = instance_memory(inst, wl, budget)
     cap = max_running(inst, mem.kv_tokens, wl.isl, wl.osl, max_num_seqs)
     notes: list[str] = []
+    if wl.osl == 1:
+        notes.append("osl=1: TPOT is undefined (no token follows the first); tpot_ms is the iteration time a second "
+                     "token would take, and no TPOT objective applies")
     share = wl.per_replica(lay.dp)
     fits = mem.fits and cap >= 1
     if not mem.fits:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from costmodel.models import ModelSpec
 from hardware.errors import PlannerInputError
+from hardware.loading import Checked
 
 
-class Layout(BaseModel):
+class Layout(Checked):
     """TP/PP/DP/EP/attention-DP/SP degrees.
 
     One instance spans `tp x attention_dp x pp` devices; `dp` counts instances (replicas). A MoE

@@ -17,7 +17,9 @@ from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from hardware.loading import Checked
 
 Num = float | np.ndarray
 AttentionKind = Literal["full", "sliding", "chunked", "linear", "mamba", "sparse", "compressed", "none"]
@@ -28,7 +30,7 @@ STATE_KINDS = ("linear", "mamba")  # a fixed-size state per sequence instead of 
 STATE_BYTES = 2.0
 
 
-class _Spec(BaseModel):
+class _Spec(Checked):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -190,6 +192,8 @@ class ModelSpec(_Spec):
     checkpoint_quant: str = Field(default="", description="The checkpoint's quantization as its config states it.")
     moe: MoESpec | None = None
     mla: MLASpec | None = None
+    max_context: int | None = Field(default=None, ge=1, description="Longest sequence (prompt + output) the "
+                                    "model was built for: HF max_position_embeddings; None = not stated.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:

@@ -112,6 +112,8 @@ def closed_loop(inst: Instance, isl: int, osl: int, clients: int, running_cap: i
         return _mixed_step(inst, lam * (osl - 1) * t, riding * lam * isl * t, isl, osl)
 
     tpot = fixed_point(g, 0.5 * float(inst.decode_s(1.0, isl + osl / 2)) / k)
+    if not math.isfinite(tpot):  # no steady iteration time: unstable, as open_loop says (not 0/0 or inf x 0)
+        return Steady(math.inf, math.inf, 0.0, 0.0, 0.0, n, math.inf, osl, stable=False)
     ttft = float(pre(np.asarray(tpot)))
     lam = n / (ttft + (osl - 1) * tpot)
     queue = max(clients - n, 0.0) / lam

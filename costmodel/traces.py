@@ -180,12 +180,13 @@ def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
         raise PlannerInputError(f"trace {p} does not exist; check the path")
     if fmt is not None and fmt not in TRACE_FORMATS:
         raise PlannerInputError(f"trace_format '{fmt}' is unknown; use one of {', '.join(TRACE_FORMATS)}")
-    fmt = fmt or guess_format(p)
     rows = _Rows()
     try:
+        fmt = fmt or guess_format(p)
         _read_jsonl(p, rows) if fmt == "mooncake" else _read_csv(p, fmt, rows)
-    except UnicodeDecodeError:
-        raise PlannerInputError(f"trace {p} is not text; pass a {fmt} file") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise PlannerInputError(f"trace {p} is not a text trace ({exc}); pass a BurstGPT / Azure CSV or "
+                                "Mooncake JSONL file") from None
     if rows.bad:
         line, why = rows.bad[0]
         listed = ", ".join(str(n) for n, _ in rows.bad[:SHOWN]) + (", ..." if len(rows.bad) > SHOWN else "")

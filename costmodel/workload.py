@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from hardware.errors import PlannerInputError
+from hardware.loading import Checked
 
 
-class Workload(BaseModel):
+class Workload(Checked):
     """Fixed-length requests under a closed loop (`concurrency`) or an open loop (`rate_rps`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -32,7 +35,7 @@ class Workload(BaseModel):
         return self.model_copy(update={"rate_rps": self.rate_rps / replicas})
 
 
-class SLO(BaseModel):
+class SLO(Checked):
     """Latency objectives; every one given must hold (mean values, as the benchmarks report)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -51,3 +54,11 @@ class SLO(BaseModel):
         if self.min_output_tok_s is not None and output_tok_s < self.min_output_tok_s:
             out["min_output_tok_s"] = self.min_output_tok_s / max(output_tok_s, 1e-9)
         return out
+
+
+def check_context(model: str, max_context: int | None, isl: int, osl: int) -> None:
+    """A request longer than the model's context would be costed as if the model took it."""
+    if max_context is not None and isl + osl > max_context:
+        raise PlannerInputError(
+            f"workload: isl + osl = {isl + osl:,} tokens exceeds the {max_context:,}-token context of {model} "
+            "(max_position_embeddings in its config); shorten the requests or use a longer-context model")

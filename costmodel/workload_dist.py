@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from costmodel.traces import TRACE_FORMATS, Trace, read_trace
 from costmodel.workload import Workload
+from hardware.loading import Checked
 
 
-class LengthDist(BaseModel):
+class LengthDist(Checked):
     """Token counts per request: fixed, uniform, lognormal or empirical, clipped to [min, max]."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -88,7 +89,7 @@ def as_dist(length: Length) -> LengthDist:
     return length if isinstance(length, LengthDist) else LengthDist(dist="fixed", value=length)
 
 
-class SimWorkload(BaseModel):
+class SimWorkload(Checked):
     """Requests for the simulator: lengths, and a closed loop, an open-loop rate, or a trace."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -64,7 +64,7 @@ def cluster(ref: str | Path | Cluster) -> Cluster:
 
         return resolve(local_cluster())
     if text.endswith((".yaml", ".yml", ".json")) or Path(text).is_file():
-        return resolve(build(Cluster, read_mapping(text), f"cluster file {text}"))
+        return resolve(build(Cluster, read_mapping(text, "cluster file"), f"cluster file {text}"))
     key = text.lower()
     raw = _raw_clusters()
     if key in raw:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from hardware.loading import Checked
 
 Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4", "fp4"]
 Tier = Literal["scaleup", "scaleout"]
 
 
-class Spec(BaseModel):
+class Spec(Checked):
     """Base for every spec: strict keys, immutable, JSON-Schema exportable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -21,6 +21,7 @@ from costmodel.estimate import Estimate, build_instance, estimate_instance
 from costmodel.instance import Instance
 from costmodel.layout import Layout
 from costmodel.models import ModelSpec
+from costmodel.precision import Precision, on_device
 from costmodel.precision import resolve as resolve_precision
 from costmodel.serving import capacity_rps, max_running
 from costmodel.simulator import Goodput, SchedulerConfig, SimResult, find_goodput
@@ -28,11 +29,11 @@ from costmodel.simulator import Setup as SimSetup
 from costmodel.simulator import run as sim_run
 from costmodel.simulator import setup as sim_setup
 from costmodel.speculative import Speculation
-from costmodel.workload import SLO, Workload
+from costmodel.workload import SLO, Workload, check_context
 from costmodel.workload_dist import Draw, SimWorkload
 from costmodel.workload_dist import draw as draw_requests
 from hardware.catalog import cluster as load_cluster
-from hardware.errors import PlannerInputError
+from hardware.errors import PlannerInputError, check_finite
 from hardware.loading import build
 from hardware.local import LOCAL, calibrated_profile
 from hardware.specs import Cluster
@@ -53,7 +54,7 @@ ClusterRef = str | Path | Cluster
 class InfeasibleError(PlannerInputError):
     """Nothing meets the request; the message names the binding constraint and by how much."""
 
-    def __init__(self, message: str, result: PlanResult):
+    def __init__(self, message: str, result: PlanResult | None = None):
         super().__init__(message)
         self.result = result
 
@@ -76,6 +77,43 @@ def as_slo(slo: SLO | dict[str, Any] | None) -> SLO:
     if isinstance(slo, SLO):
         return slo
     return build(SLO, slo or {}, "slo")
+
+
+def _whole(value: Any, name: str, low: int = 1, example: int = 1) -> None:
+    """A whole-number argument at least `low` (bools are not numbers here)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise PlannerInputError(f"{name}={value!r} must be a whole number >= {low}, e.g. {example}")
+
+
+def _optional_whole(value: Any, name: str, example: int) -> None:
+    if value is not None:
+        _whole(value, name, 1, example)
+
+
+ONE_TOKEN_NOTE = ("osl=1: TPOT is undefined (no token follows the first), so the tpot_ms objective does not apply "
+                  "and is left out")
+
+
+def _one_token_slo(slo: SLO, wl: Workload) -> tuple[SLO, list[str]]:
+    """With one output token there is no time per output token to hold to an objective: drop it, and say so."""
+    if wl.osl == 1 and slo.tpot_ms is not None:
+        return slo.model_copy(update={"tpot_ms": None}), [ONE_TOKEN_NOTE]
+    return slo, []
+
+
+def _checked_plans(plans: Sequence[Plan]) -> None:
+    """A NaN in a plan's figures is a bug, not a rankable answer (InternalError: the CLI exits 1)."""
+    for p in plans:
+        check_finite({**p.metrics, "score": p.score}, f"plan {p.label()} metrics")
+
+
+def _runs_on(clu: Cluster, prec: Precision, explicit: bool) -> tuple[Precision, str]:
+    """The precision as every device kind of the cluster runs it (costmodel.precision.on_device), and a note."""
+    note = ""
+    for group in clu.groups:
+        prec, said = on_device(prec, group.device, explicit)
+        note = note or said
+    return prec, note
 
 
 def _profile(device: str, profile: str | Path | Profile | None) -> Profile:
@@ -122,6 +160,13 @@ def estimate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, An
     clu = load_cluster(cluster)
     profile = _local_profile(clu, profile)
     lay, wl = as_layout(layout), as_workload(workload)
+    check_context(spec.name, spec.max_context, wl.isl, wl.osl)
+    prec, note = resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)
+    prec, weight_only = _runs_on(clu, prec, precision is not None)
+    _optional_whole(max_num_seqs, "max_num_seqs", 256)
+    _optional_whole(max_num_batched_tokens, "max_num_batched_tokens", 8192)
+    _whole(redundant_experts, "redundant_experts", 0, 32)
+    _whole(micro_batches, "micro_batches", 1, 2)
     group = clu.groups[0]
     if lay.total_devices > group.num_devices:
         raise PlannerInputError(
@@ -129,12 +174,13 @@ def estimate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, An
             f"{clu.name} has {group.num_devices} {group.device.name}; use a larger cluster (e.g. "
             f"{clu.name}x{-(-lay.total_devices // group.num_devices)}) or a smaller layout"
         )
-    prec, note = resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)
-    inst = build_instance(spec, lay, prec, group,
-                          _profile(group.device.name, profile), _engine(engine, speculation),
+    inst = build_instance(spec, lay, prec, group, _profile(group.device.name, profile), _engine(engine, speculation),
                           redundant_experts, micro_batches)
     est = estimate_instance(inst, wl, max_num_seqs, max_num_batched_tokens)
-    return dataclasses.replace(est, notes=(note, *est.notes)) if note else est
+    check_finite({k: getattr(est, k) for k in ("ttft_ms", "tpot_ms", "output_tok_s", "requests_per_s",
+                                               "decode_batch", "queue_ms", "memory", "breakdown_ms")}, "estimate")
+    said = tuple(n for n in (note, weight_only) if n)
+    return dataclasses.replace(est, notes=(*said, *est.notes)) if said else est
 
 
 def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None = None,
@@ -167,9 +213,18 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
     clu = load_cluster(cluster)
     profile = _local_profile(clu, profile)
     slo_, wl = as_slo(slo), as_workload(workload)
-    prec = resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)[0]
+    check_context(spec.name, spec.max_context, wl.isl, wl.osl)
+    slo_, notes = _one_token_slo(slo_, wl)
+    prec, weight_only = _runs_on(clu, resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)[0],
+                                 precision is not None)
+    notes += [weight_only] if weight_only else []
     eng = _engine(engine, speculation)
     caps = _power_caps(power_caps, clu, profile)
+    if not (isinstance(budget_s, (int, float)) and not isinstance(budget_s, bool) and 0 < budget_s < math.inf):
+        raise PlannerInputError(f"budget_s={budget_s!r} must be a positive number of seconds, e.g. 60")
+    if n_jobs != -1:  # -1: joblib's every core
+        _whole(n_jobs, "n_jobs", 1, 4)
+    _whole(seed, "seed", 0, 0)
     if not (isinstance(usd_per_device_hour, (int, float)) and 0 < usd_per_device_hour < math.inf):
         raise PlannerInputError(f"usd_per_device_hour={usd_per_device_hour!r} must be a positive price per "
                                 "device-hour, e.g. 2.5")
@@ -178,7 +233,7 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
     strategy = search or search_strategy
     if tuple(modes) != ("agg",) or strategy != "exhaustive":
         return _plan_pools(spec, clu, slo_, wl, prec, eng, caps, profile, modes, strategy, goal, budget_s, n_jobs,
-                           seed, cross_domain_tp, usd_per_device_hour)
+                           seed, cross_domain_tp, usd_per_device_hour, notes)
     started = time.monotonic()
     evaluated = []
     steps = [(cap, group) for cap in caps for group in clu.groups]
@@ -206,7 +261,8 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
         plans, sim_seconds = _simulate_top(plans, simulate_top, spec, clu, prec, eng, profile, wl, slo_, seed)
     band = _profile(clu.groups[0].device.name, profile).for_engine(eng.name).error_band.get("tpot_ms")
     plans = _with_reasons(plans, slo_, band)
-    request = {"model": spec.name, "cluster": clu.name, "devices": clu.num_devices,
+    _checked_plans(plans + rejected)
+    request = {"model": spec.name, "cluster": clu.name, "devices": clu.num_devices, "notes": notes,
                "slo": slo_.model_dump(exclude_none=True), "workload": wl.model_dump(exclude_none=True),
                "precision": prec.label, "engine": eng.name, "power_caps": list(caps),
                "usd_per_device_hour": usd_per_device_hour, "cluster_shape": _cluster_shape(clu),
@@ -343,10 +399,13 @@ def _sim_setup(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, 
             f"{group.num_devices} {group.device.name}; use a larger cluster or a smaller layout")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise PlannerInputError(f"seed={seed!r} must be a whole number, e.g. 0")
-    inst = build_instance(spec, lay.model_copy(update={"dp": 1}),
-                          resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)[0], group,
-                          _profile(group.device.name, profile), _engine(engine, speculation))
+    prec = _runs_on(clu, resolve_precision(precision, spec.checkpoint_precision, kv_cache_dtype)[0],
+                    precision is not None)[0]
+    inst = build_instance(spec, lay.model_copy(update={"dp": 1}), prec, group, _profile(group.device.name, profile),
+                          _engine(engine, speculation))
     drawn = draw_requests(wl, seed)
+    longest = int(np.argmax(drawn.isl + drawn.osl))
+    check_context(spec.name, spec.max_context, int(drawn.isl[longest]), int(drawn.osl[longest]))
     return sim_setup(inst, as_scheduler(scheduler), drawn, replicas=lay.dp), drawn
 
 
@@ -366,7 +425,10 @@ def simulate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, An
     wl = as_sim_workload(workload)
     s, drawn = _sim_setup(model, cluster, layout, wl, precision, engine, kv_cache_dtype, profile, scheduler, seed,
                           speculation)
-    return sim_run(s, drawn, progress=progress)
+    res = sim_run(s, drawn, progress=progress)
+    check_finite({"output_tok_s": res.output_tok_s, "requests_per_s": res.requests_per_s, "duration_s": res.duration_s,
+                  **{k: vars(getattr(res, k)) for k in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")}}, "simulation")
+    return res
 
 
 def _slo_ms(slo: SLO | dict[str, Any] | None) -> dict[str, float]:
@@ -464,7 +526,7 @@ SEARCHES = ("auto", "exhaustive", "cpsat", "lp", "heuristic")
 def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any, eng: Any,
                 caps: tuple[float | None, ...], profile: str | Path | Profile | None, modes: Sequence[str],
                 strategy: str, goal: str, budget_s: float, n_jobs: int, seed: int, cross_domain_tp: bool,
-                usd_per_device_hour: float) -> PlanResult:
+                usd_per_device_hour: float, notes: list[str]) -> PlanResult:
     """Plans with pools (see searches/pools.py); the winner, runner-ups and the rule-of-thumb baseline."""
     mode_list = _modes(modes)
     if strategy not in SEARCHES:
@@ -494,6 +556,7 @@ def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any
     base = (_pool_plan(found.baseline_problem, found.baseline, objectives, key, clu, wl, out_link)
             if found.baseline is not None and found.baseline_problem is not None else None)
     plans = _pool_reasons(plans, slo, kind, base)
+    _checked_plans(plans)
     rejected = [Plan(layout=r.layout, replicas=0, device=clu.groups[variants[r.variant].group].device.name,
                      metrics=dict(r.cap.metrics), score=0.0, feasible=False, binding=r.cap.binding,
                      detail=r.cap.detail, mode="agg" if r.role == "agg" else "disagg",
@@ -508,7 +571,7 @@ def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any
         if plans and base.metrics.get("goodput_rps", 0.0) > 0:
             stats["baseline_ratio"] = plans[0].metrics["goodput_rps"] / base.metrics["goodput_rps"]
             stats["baseline_devices_ratio"] = base.devices / plans[0].devices if plans[0].devices else None
-    request = {"model": spec.name, "cluster": clu.name, "devices": clu.num_devices,
+    request = {"model": spec.name, "cluster": clu.name, "devices": clu.num_devices, "notes": notes,
                "slo": slo.model_dump(exclude_none=True), "workload": wl.model_dump(exclude_none=True),
                "precision": prec.label, "engine": eng.name, "power_caps": list(caps),
                "usd_per_device_hour": usd_per_device_hour, "cluster_shape": _cluster_shape(clu),

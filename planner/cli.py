@@ -1,7 +1,8 @@
 """The `planner` command line: estimate, plan, report, models, clusters.
 
-Bad input prints one line (`error: ...`) to stderr and exits 2; nothing feasible also exits 2
-after saying what binds. Output files are written atomically.
+Exit codes: 0 ok; 2 bad input or usage (one line, `error: ...`, naming the field and the fix); 3 nothing
+feasible (the line says what binds); 1 an internal error (one line; `--debug` shows the traceback).
+Output paths are checked before any work, and output files are written atomically.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import math
 import sys
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from costmodel.models import ModelSpec
 from costmodel.precision import KV_DTYPES, PRECISIONS
 from hardware import catalog as hw_catalog
 from hardware.errors import PlannerInputError
+from hardware.loading import check_out_dir, check_out_file
 from hardware.local import LOCAL
 from hardware.topology import tiers_table
 from planner.api import InfeasibleError, estimate, goodput, plan, simulate
@@ -33,7 +36,9 @@ from planner.emit import parse_targets
 from planner.report import write_report
 from planner.result import PlanResult
 
-EXIT_BAD_INPUT = 2
+EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 1, 2, 3
+EXIT_CODES = ("exit codes: 0 ok, 2 bad input or usage, 3 infeasible (nothing meets the objectives or fits), "
+              "1 internal error (rerun with --debug for the traceback)")
 
 
 def _positive_int(text: str) -> int:
@@ -135,7 +140,8 @@ def _fill_workload(a: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="planner", description="Find the best way to serve an LLM on a cluster.")
+    ap = _Parser(prog="planner", description="Find the best way to serve an LLM on a cluster.", epilog=EXIT_CODES)
+    ap.add_argument("--debug", action="store_true", help="on an internal error, print the traceback")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
     e = sub.add_parser("estimate", help="predict one layout")
     _common(e)
@@ -146,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttft-ms", type=_positive_float, help="mean TTFT objective")
     p.add_argument("--tpot-ms", type=_positive_float, help="mean TPOT objective")
     p.add_argument("--budget-s", type=_positive_float, default=60.0, help="search time budget")
-    p.add_argument("--jobs", type=int, default=1, help="parallel workers for candidate evaluation")
+    p.add_argument("--jobs", type=_positive_int, default=1, help="parallel workers for candidate evaluation")
     p.add_argument("--search", choices=("auto", "exhaustive", "cpsat", "lp", "heuristic"), default=None,
                    help="search strategy (default: exhaustive over layouts; the others plan pools with a solver)")
     p.add_argument("--modes", type=_modes, default=("agg",),
@@ -172,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     _add_simulate(sub)
     _add_measured(sub)
+    for cmd in sub.choices.values():  # `planner plan ... --debug` as well as `planner --debug plan ...`
+        cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        cmd.epilog = EXIT_CODES
     return ap
 
 
@@ -273,6 +282,8 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
     targets = parse_targets(a.emit) if a.emit else []
     if targets and not a.out:
         raise PlannerInputError("--emit writes deployment files under --out; give --out FOLDER")
+    if a.out:
+        check_out_dir(a.out, "--out")
     if defaults := _fill_workload(a):
         Console(stderr=True).print(defaults, style="dim")  # stderr: --json output stays one document
     try:
@@ -283,7 +294,7 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
                      power_caps=a.power_caps, usd_per_device_hour=a.usd_per_device_hour, progress=tick,
                      speculation=_speculation(a))
     except InfeasibleError as exc:
-        if a.out:
+        if a.out and exc.result is not None:
             exc.result.save(a.out)
         raise
     if a.out:
@@ -298,6 +309,8 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
         return 0
     out.print(_plans_table(r, a.top))
     out.print(r.best.explain())
+    for n in r.request.get("notes", []):
+        out.print(f"note: {n}")
     return 0
 
 
@@ -351,6 +364,8 @@ def cmd_clusters(a: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_report(a: argparse.Namespace, out: Console) -> int:
+    if a.out:
+        check_out_dir(a.out, "--out")
     written = write_report(a.plans_dir, a.out)
     for path in written.values():
         out.print(f"wrote {path}", style="dim")
@@ -454,6 +469,8 @@ def cmd_simulate(a: argparse.Namespace, out: Console) -> int:
     req = _sim_request(a)
     slo = {k: v for k, v in (("ttft_ms", a.ttft_ms), ("tpot_ms", a.tpot_ms), ("e2e_ms", a.e2e_ms)) if v}
     long_run = (a.num_requests or 1000) >= SIM_PROGRESS_MIN or a.trace is not None
+    if a.chrome_trace:
+        check_out_file(a.chrome_trace, "--chrome-trace")
     found = None
     if a.goodput:
         if not slo:
@@ -470,8 +487,8 @@ def cmd_simulate(a: argparse.Namespace, out: Console) -> int:
             found = goodput(_model(a), a.cluster, slo=slo, target=a.target, on_eval=on_eval, **req)
         res = found.result
         if res is None:
-            raise PlannerInputError(f"no rate meets {slo} for {a.target:.0%} of requests, even unloaded; relax the "
-                                    "objectives or use a faster layout")
+            raise InfeasibleError(f"no rate meets {slo} for {a.target:.0%} of requests, even unloaded; relax the "
+                                  "objectives or use a faster layout")
     else:
         with _sim_progress("simulating", long_run and not a.json) as tick:
             res = simulate(_model(a), a.cluster, progress=tick, **req)
@@ -579,6 +596,8 @@ def _needs_torch() -> None:
 
 
 def cmd_calibrate(a: argparse.Namespace, out: Console) -> int:
+    if a.out:  # measuring writes a folder, --from-runs one profile file
+        (check_out_file if a.from_runs else check_out_dir)(a.out, "--out")
     if a.from_runs:
         return _learn_from_runs(a, out)
     _needs_torch()
@@ -642,6 +661,7 @@ def cmd_verify(a: argparse.Namespace, out: Console) -> int:
 
     if a.runner == "torch":
         _needs_torch()
+    check_out_dir(a.out or a.plans_dir, "--out")
     endpoints = [u.strip() for e in a.endpoint for u in e.split(",") if u.strip()]
     if a.runner == "torch" and a.no_calibrate:
         _say_if_uncalibrated(LOCAL)
@@ -688,9 +708,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Console(width=160)
     try:
         return COMMANDS[args.command](args, out)
+    except InfeasibleError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_INFEASIBLE
     except PlannerInputError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug, not the user's input: one line, the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        hint = "the traceback is above" if args.debug else "rerun with --debug for the traceback"
+        sys.stderr.write(f"error: internal error ({type(exc).__name__}: {first}); {hint}\n")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from costmodel.calibration.fit import save_profile
 from costmodel.calibration.kernels import fit_kernels
@@ -16,7 +15,6 @@ from costmodel.calibration.profile import profile_for
 from hardware.catalog import cluster
 from hardware.local import cluster_path, profile_path
 from planner.api import estimate
-from planner.calibrate.measure import timed
 from planner.cli import main
 
 AIC_COLUMNS = {  # the columns of ../shared/data/ops/h100_sxm/*.csv.gz that costmodel.calibration.kernels reads
@@ -97,6 +95,7 @@ def test_from_runs_rejects_a_file_without_the_silicon_columns(tmp_path: Path,
 def _runs(group, profile, tuning, layout=None):
     """Iteration logs (decode, prefill tokens, prompts, context sum, seconds) of the serving models at several
     batches and both prompt lengths, timed by the cost model with `tuning` as the engine."""
+    pytest.importorskip("torch")  # planner.calibrate.measure holds the serving models beside torch code
     import numpy as np
 
     from costmodel.layout import Layout
@@ -201,6 +200,9 @@ def test_a_slow_host_link_fits_inside_the_collective_bounds() -> None:
 def test_timed_rounds_make_the_calls_one_timed_call_says_fill_the_round() -> None:
     """A GPU queues launched calls, so a round that called until `min_s` had passed queued far more work
     than `min_s`: each round's count is now fixed from one synchronised call before the rounds."""
+    torch = pytest.importorskip("torch")
+    from planner.calibrate.measure import timed
+
     made: list[int] = []
 
     def call(i: int) -> None:

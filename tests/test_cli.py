@@ -56,8 +56,6 @@ def test_models_and_clusters(capsys):
       "--concurrency", "1"], "must be at least 1"),
     (["estimate", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--isl", "-5", "--osl", "1",
       "--concurrency", "1"], "must be at least 1"),
-    (["plan", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--tpot-ms", "1", "--isl", "128", "--osl", "128",
-      "--rate", "1"], "no layout"),
     (["plan", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--isl", "128", "--osl", "128"],
      "one of the arguments"),
     (["estimate", "--model", "/nonexistent/config.json", "--cluster", "dgx-h100", "--isl", "1", "--osl", "1",

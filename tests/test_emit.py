@@ -243,9 +243,10 @@ def test_schemas_reject_what_kubernetes_would(tmp_path, dense):
 
 
 def test_skips_what_an_engine_cannot_express_and_says_why(tmp_path):
-    # Ascend NPUs have no FP8 path in vllm-ascend: every plan is one the engine cannot express
+    # Ascend NPUs have no FP8 path in vllm-ascend: every plan is one the engine cannot express (FP8 weights
+    # are refused by the planner itself, the 910B having no FP8 math; an FP8 KV cache is left to the engine)
     r = plan("llama-3.1-8b", "atlas-800t-a2", workload={"isl": 1024, "osl": 256, "concurrency": 64},
-             precision="fp8", budget_s=2)
+             precision="int8", kv_cache_dtype="fp8", budget_s=2)
     assert r.emit("ascend", tmp_path, top=1) == [tmp_path / "ascend" / "SKIPPED.md"]
     assert "cannot run on vllm-ascend" in (tmp_path / "ascend" / "SKIPPED.md").read_text()
     with pytest.raises(PlannerInputError, match="unknown"):

@@ -2,11 +2,14 @@
 
 The server speaks the OpenAI completions streaming protocol (server-sent events over chunked
 HTTP/1.1), waits FIRST_S before the first token and STEP_S between tokens, and misbehaves on
-chosen requests: it drops the connection mid-stream, sends a chunk that is not JSON, or answers 500.
+chosen requests: it drops the connection mid-stream, sends a chunk that is not JSON, or answers 500;
+or it stalls (keep-alive lines, or one byte at a time, for DRIP_S), claims a token count its text cannot
+hold, or sends a line longer than the runner reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -17,9 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from costmodel.workload import Workload
-from planner.verify.endpoint import Endpoint, run_endpoint
+from planner.verify.endpoint import MAX_LINE_BYTES, Endpoint, plausible_count, run_endpoint
 
 FIRST_S, STEP_S = 0.03, 0.01
+DRIP_S = 20.0  # how long a stalling server would keep a request open
 
 
 class Streamer(BaseHTTPRequestHandler):
@@ -52,6 +56,14 @@ class Streamer(BaseHTTPRequestHandler):
         self.end_headers()
         time.sleep(FIRST_S)
         osl = int(body["max_tokens"])
+        if mode in ("keepalive", "trickle"):  # never a token: a comment line, or one byte, every 50 ms
+            with contextlib.suppress(OSError):
+                for _ in range(int(DRIP_S / 0.05)):
+                    self._chunk(": keep-alive\n\n" if mode == "keepalive" else "d")
+                    time.sleep(0.05)
+            return
+        if mode == "huge":
+            self._chunk("data: " + "x" * (MAX_LINE_BYTES + 10) + "\n\n")
         for i in range(osl):
             if mode == "dropped" and i == 2:
                 self.connection.shutdown(socket.SHUT_RDWR)  # mid-stream, no terminating chunk
@@ -62,7 +74,8 @@ class Streamer(BaseHTTPRequestHandler):
                 continue
             self._chunk("data: " + json.dumps({"choices": [{"index": 0, "text": f" t{i}"}]}) + "\n\n")
             time.sleep(STEP_S)
-        usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": osl, "total_tokens": osl}
+        claimed = 10**6 if mode == "liar" else osl
+        usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": claimed, "total_tokens": claimed}
         self._chunk("data: " + json.dumps({"choices": [], "usage": usage}) + "\n\n")
         self._chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
@@ -120,7 +133,49 @@ def test_open_loop_is_bounded(server: Server) -> None:
 def test_time_limit_stops_new_requests(server: Server) -> None:
     m = run_endpoint(Endpoint(server.url, "tiny"), Workload(isl=8, osl=20, concurrency=1), requests=1000,
                      time_limit_s=0.5)
-    assert server.count < 10 and m.completed == server.count  # each request takes > 0.2 s
+    # each request takes > 0.2 s; the one still streaming at the limit is cut there
+    assert server.count < 10 and m.completed + m.failures.get("time_limit", 0) == server.count
+
+
+@pytest.mark.parametrize("server", [{1: "keepalive", 2: "trickle"}], indirect=True)
+def test_a_stalling_server_cannot_outlast_the_run(server: Server) -> None:
+    """Keep-alive lines or single bytes reset a socket timeout each time; the run still ends at its limit."""
+    started = time.perf_counter()
+    m = run_endpoint(Endpoint(server.url, "tiny"), Workload(isl=8, osl=4, concurrency=2), requests=2,
+                     time_limit_s=1.0, request_timeout_s=60.0)
+    assert time.perf_counter() - started < DRIP_S / 2
+    assert m.failures == {"time_limit": 2} and not m.ok
+
+
+@pytest.mark.parametrize("server", [{1: "keepalive", 2: "trickle"}], indirect=True)
+def test_a_stalling_request_ends_at_its_own_deadline(server: Server) -> None:
+    m = run_endpoint(Endpoint(server.url, "tiny"), Workload(isl=8, osl=4, concurrency=1), requests=3,
+                     time_limit_s=60.0, request_timeout_s=0.5)
+    assert m.failures == {"timeout": 2} and m.completed == 1
+
+
+@pytest.mark.parametrize("server", [{1: "huge"}], indirect=True)
+def test_a_line_longer_than_the_bound_ends_the_request(server: Server) -> None:
+    m = run_endpoint(Endpoint(server.url, "tiny"), Workload(isl=8, osl=3, concurrency=1), requests=2,
+                     time_limit_s=30)
+    assert m.failures == {"oversized": 1} and m.completed == 1
+
+
+@pytest.mark.parametrize("server", [{n: "liar" for n in range(1, 7)}], indirect=True)
+def test_token_counts_the_text_cannot_hold_are_not_believed(server: Server) -> None:
+    m = run_endpoint(Endpoint(server.url, "tiny"), Workload(isl=8, osl=4, concurrency=2), requests=6,
+                     time_limit_s=30)
+    assert m.completed == 6 and any("6 of 6 requests reported a token count" in n for n in m.notes)
+    assert m.output_tok_s < 4 * 6 / (FIRST_S + 3 * STEP_S)  # the four streamed tokens counted, not 10^6
+
+
+def test_plausible_token_counts() -> None:
+    assert plausible_count(4, 4, 4, 0, 12)  # one chunk a token
+    assert plausible_count(8, 8, 2, 0, 20)  # several tokens a chunk (SGLang batches them)
+    assert plausible_count(5, 5, 4, 1, 4)  # a token that decoded to nothing came in a chunk of its own
+    assert not plausible_count(10**6, 4, 4, 0, 12)  # more than asked for
+    assert not plausible_count(3, 4, 4, 0, 12)  # fewer than the chunks that carried text
+    assert not plausible_count(30, 64, 4, 0, 12)  # more than 12 bytes of text can hold
 
 
 def test_nothing_listening_is_reported_not_raised() -> None:

@@ -224,7 +224,9 @@ def test_explicit_precision_overrides_with_a_note():
 def test_gpt_oss_fits_one_h100_at_its_mxfp4_checkpoint_precision():
     wl = {"isl": 1024, "osl": 256, "concurrency": 8}
     e = estimate("gpt-oss-120b", "dgx-h100", layout={"tp": 1}, workload=wl)
-    assert e.fits and e.precision == "fp4" and not e.notes
+    # Hopper has no FP4 math: the MXFP4 weights run weight-only (GEMMs in bf16), as vLLM's Marlin kernels do
+    assert e.fits and e.precision == "fp4" and e.notes == (
+        "h100-sxm has no fp4 math: the checkpoint's fp4 weights are costed weight-only, GEMMs in bf16",)
     forced = estimate("gpt-oss-120b", "dgx-h100", layout={"tp": 1}, workload=wl, precision="bf16")
     assert not forced.fits and "overrides the checkpoint's fp4" in forced.notes[0]
 

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hardware.catalog import accelerators
+from hardware.errors import PlannerInputError
 from hardware.loading import build, read_mapping
 
 PROFILES = Path(__file__).parent.parent / "data" / "profiles"
@@ -257,11 +258,21 @@ def shipped() -> dict[str, Profile]:
 NEAREST = {"nvidia": "h200-sxm"}
 
 
+PROFILE_KEYS = ("device", "source")
+
+
 def profile_for(device: str, path: str | Path | None = None) -> Profile:
     """The profile at `path`, else the shipped one for `device`, else the nearest measured
     device's efficiencies on this device's datasheet, else plain spec defaults."""
     if path is not None:
-        return build(Profile, read_mapping(path), f"profile {path}")
+        raw = read_mapping(path, "profile")
+        # every profile `planner calibrate` writes names its device and source; a file without them
+        # (`{}`, a stray JSON) would silently cost with spec defaults instead of failing
+        missing = [k for k in PROFILE_KEYS if k not in raw]
+        if missing:
+            raise PlannerInputError(f"profile {path}: field '{missing[0]}' is missing; give a profile written by "
+                                    "`planner calibrate` (it states its device and source)")
+        return build(Profile, raw, f"profile {path}")
     own = shipped().get(device)
     if own is not None:
         return own

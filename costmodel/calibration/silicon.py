@@ -11,6 +11,7 @@ as when `backend` names a runner that stands in for it, as the torch runner does
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from collections.abc import Collection, Iterable
@@ -28,7 +29,7 @@ from costmodel.precision import precision as load_precision
 from costmodel.workload import Workload
 from hardware.catalog import cluster as load_cluster
 from hardware.errors import PlannerInputError, UnknownNameError
-from hardware.loading import validation_sentence
+from hardware.loading import read_text, validation_sentence
 
 # silicon `system` -> catalog cluster whose node group has that device; `local` is the machine the
 # command runs on (runs that `planner verify` measured here)
@@ -77,11 +78,7 @@ def _int(v: str | None, default: int = 1) -> int:
 def load_rows(path: str | Path, mode: str = "agg") -> list[Row]:
     """Rows of `mode` from a silicon-format CSV; a malformed row raises naming its line."""
     p = Path(path)
-    try:
-        fh = p.open(newline="")
-    except OSError as exc:
-        raise PlannerInputError(f"cannot read {p}: {exc.strerror}; check the path") from None
-    with fh:
+    with io.StringIO(read_text(p, "runs CSV"), newline="") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:

@@ -10,6 +10,7 @@ quantization read as its weight precision (costmodel.families.quant).
 from __future__ import annotations
 
 import difflib
+import math
 from types import ModuleType
 from typing import Any
 
@@ -77,12 +78,36 @@ def text_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**outer, **inner, "model_type": next((t for t in labels if t in BY_TYPE), labels[0] or labels[1])}
 
 
+# HF config keys read as counts or sizes: `true` there is a typo for a number, never a count of 1 (the
+# spec's own fields refuse booleans too, hardware.loading.Checked; this names the config's key)
+COUNT_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "head_dim",
+              "intermediate_size", "vocab_size", "moe_intermediate_size", "num_local_experts", "num_experts",
+              "num_experts_per_tok", "experts_per_token", "shared_expert_intermediate_size", "n_routed_experts",
+              "n_shared_experts", "first_k_dense_replace", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+              "qk_rope_head_dim", "v_head_dim", "sliding_window", "max_position_embeddings")
+
+
+def _counts_are_numbers(cfg: dict[str, Any], where: str) -> None:
+    """Booleans, NaN and infinity in count keys, named before a family's arithmetic trips on them."""
+    for scope, fields in (("", cfg), ("text_config.", cfg.get("text_config"))):
+        for key, value in (fields.items() if isinstance(fields, dict) else ()):
+            if key not in COUNT_KEYS:
+                continue
+            if isinstance(value, bool):
+                raise PlannerInputError(f"{where}: field '{scope}{key}' is {str(value).lower()}, a boolean; "
+                                        "give the number the architecture has")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PlannerInputError(f"{where}: field '{scope}{key}' is {value}; give the number the "
+                                        "architecture has")
+
+
 def from_hf_config(cfg: dict[str, Any], name: str = "", hf_id: str = "", where: str = "config",
                    vision: bool = True, quant: dict[str, Any] | None = None) -> ModelSpec:
     """A ModelSpec from a Hugging Face `config.json` mapping; bad fields raise one sentence.
 
     `vision=False` leaves a multimodal checkpoint's vision/audio tower out of memory; `quant` is a
     separate `hf_quant_config.json` (ModelOpt checkpoints) when the caller found one."""
+    _counts_are_numbers(cfg, where)
     try:
         text = text_config(cfg)
         fam, label = family_of(text, where)
@@ -92,7 +117,8 @@ def from_hf_config(cfg: dict[str, Any], name: str = "", hf_id: str = "", where: 
         return ModelSpec(
             name=name or hf_id or family, hf_id=hf_id, family=family,
             vision_params=tower_params(cfg) if vision else 0,
-            checkpoint_precision=prec, checkpoint_quant=quant_label, **fields,
+            checkpoint_precision=prec, checkpoint_quant=quant_label, max_context=text.get("max_position_embeddings"),
+            **fields,
         )
     except PlannerInputError:
         raise

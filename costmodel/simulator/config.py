@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from costmodel.engines import Engine
+from hardware.loading import Checked
 
 Policy = Literal["chunked", "whole", "prefill_first"]
 
 
-class SchedulerConfig(BaseModel):
+class SchedulerConfig(Checked):
     """Continuous-batching knobs; any left out take the engine's defaults (`resolve`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -29,14 +29,16 @@ class Percentiles:
     count: int
 
     @classmethod
-    def of(cls, values_ms: np.ndarray, weights: np.ndarray | None = None) -> Percentiles:
+    def of(cls, values_ms: np.ndarray, weights: np.ndarray | None = None, empty: float = 0.0) -> Percentiles:
+        """The summary of `values_ms`; with none (count 0), every figure is `empty`, never NaN: infinity for
+        a latency no request reached, 0 for one that is undefined (TPOT of one-token outputs)."""
         v = np.asarray(values_ms, dtype=float)
         if weights is not None:
             w = np.asarray(weights, dtype=float)
             keep = w > 0
             v, w = v[keep], w[keep]
         if v.size == 0:
-            return cls(math.nan, math.nan, math.nan, math.nan, math.nan, 0)
+            return cls(empty, empty, empty, empty, empty, 0)
         if weights is None:
             p50, p90, p99 = np.percentile(v, [50, 90, 99])
             return cls(float(p50), float(p90), float(p99), float(v.mean()), float(v.max()), int(v.size))
@@ -96,7 +98,8 @@ class SimResult:
 
     @cached_property
     def tpot_each_ms(self) -> np.ndarray:
-        """Per request (finish - first token) / (output tokens - 1); NaN for one-token outputs."""
+        """Per request (finish - first token) / (output tokens - 1); NaN for one-token outputs (undefined:
+        `tpot_ms` leaves them out, and with only those it is 0 with count 0)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.osl > 1, (self.finish_s - self.first_token_s) / (self.osl - 1) * 1e3, np.nan)
 
@@ -106,7 +109,7 @@ class SimResult:
 
     @cached_property
     def ttft_ms(self) -> Percentiles:
-        return Percentiles.of(self.ttft_each_ms[self.completed])
+        return Percentiles.of(self.ttft_each_ms[self.completed], empty=math.inf)
 
     @cached_property
     def tpot_ms(self) -> Percentiles:
@@ -115,7 +118,7 @@ class SimResult:
 
     @cached_property
     def e2e_ms(self) -> Percentiles:
-        return Percentiles.of(self.e2e_each_ms[self.completed])
+        return Percentiles.of(self.e2e_each_ms[self.completed], empty=math.inf)
 
     @cached_property
     def itl_ms(self) -> Percentiles:

@@ -112,7 +112,7 @@ def _read(path: Path) -> Mapping[str, Any]:
         raise PlannerInputError(f"plans_dir: {path} holds no plans.json; run `planner plan ... --out {path}` first")
     try:
         raw = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or bytes that are not UTF-8
         raise PlannerInputError(f"plans_dir: {file} is not a readable plans.json ({exc}); write it again with "
                                 "`planner plan ... --out DIR`") from None
     if not isinstance(raw, Mapping):

@@ -7,17 +7,30 @@ server sends one, gives the true token count. A closed loop runs `concurrency` c
 each sending its next request when the last ends; an open loop sends at seeded Poisson times.
 At most `requests` requests are sent and none is started after `time_limit_s`.
 
+Deadlines are hard: a request ends at `request_timeout_s` after it was sent and every request ends
+at the run's `time_limit_s`, however the server trickles bytes (each read waits only for the time
+left). A line longer than MAX_LINE_BYTES or a stream longer than MAX_BODY_BYTES ends the request,
+so a server cannot grow the runner's memory. The server's token count (its usage block) is held
+against what was streamed: more tokens than were asked for (`max_tokens`), fewer than the chunks
+that carried text, or more than the text could hold (one byte a token at least, one token a
+chunk for those that carried none) is not believed: the request counts its streamed chunks
+instead, and the run's notes say how many requests that was.
+
 Failures are counted by kind and leave the other requests' measurements intact: `dropped` (the
 connection closed or reset before `data: [DONE]`), `malformed` (a chunk that is not JSON, or not
-a completion), `http_<status>`, `timeout`, `refused`. Only stdlib (http.client, threads): the
-runner needs no extra and no torch.
+a completion), `http_<status>`, `timeout` (the request's own deadline), `time_limit` (still running
+at the run's), `oversized`, `refused`. Only stdlib (http.client, threads): the runner needs no
+extra and no torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import math
 import random
+import socket
 import threading
 import time
 from collections import Counter
@@ -30,6 +43,8 @@ from hardware.errors import PlannerInputError
 from planner.verify.measured import Measured, Timed, summarize
 
 PATH = "/v1/completions"
+MAX_LINE_BYTES = 1 << 20  # one server-sent event line; a token's chunk is a few hundred bytes
+MAX_BODY_BYTES = 64 << 20  # one streamed response
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,14 @@ class Endpoint:
 class Outcome:
     timed: Timed | None
     failure: str = ""
+    miscounted: bool = False  # the server's token count did not fit what it streamed (chunks counted instead)
+
+
+def plausible_count(claimed: int, asked: int, text_chunks: int, empty_chunks: int, text_bytes: int) -> bool:
+    """Whether a server's completion_tokens fits the stream: no more than asked for, at least one a chunk
+    that carried text, and no more than the text could hold (a token decodes to a byte or more, or to
+    nothing in a chunk of its own)."""
+    return text_chunks <= claimed <= min(asked, text_bytes + empty_chunks)
 
 
 def prompt(seed: int, isl: int, vocab: int) -> list[int]:
@@ -72,24 +95,46 @@ def _text(chunk: object) -> str | None:
     return (delta.get("content") or "") if isinstance(delta, dict) else None
 
 
-def one_request(ep: Endpoint, body: dict[str, object], client: int, timeout_s: float) -> Outcome:
+def one_request(ep: Endpoint, body: dict[str, object], client: int, timeout_s: float,
+                run_deadline: float = math.inf) -> Outcome:
     """Send one streaming request and time its chunks; every failure becomes an Outcome."""
     host, port, prefix = ep.parts()
-    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
     sent = time.perf_counter()
+    own_deadline = sent + timeout_s
+    deadline = min(own_deadline, run_deadline)
+    late = "timeout" if own_deadline <= run_deadline else "time_limit"
+    if deadline <= sent:
+        return Outcome(None, late)
+    conn = http.client.HTTPConnection(host, port, timeout=deadline - sent)
+    watchdog: threading.Timer | None = None
     times: list[float] = []
-    count = 0
+    count, empty, text_bytes, body_bytes = 0, 0, 0, 0
     malformed = False
+
+    def failed(kind: str) -> Outcome:
+        return Outcome(None, late if time.perf_counter() >= deadline else kind)
+
     try:
+        conn.connect()  # bounded by the socket timeout
+        # the watchdog shuts the socket at the deadline: a socket timeout restarts with every byte, so a
+        # server trickling a byte a second would hold a read (and the run) for as long as it liked
+        watchdog = threading.Timer(max(deadline - time.perf_counter(), 0.0), _shut, args=(conn.sock,))
+        watchdog.daemon = True
+        watchdog.start()
         conn.request("POST", prefix + PATH, body=json.dumps(body), headers={"Content-Type": "application/json",
                                                                            "Accept": "text/event-stream"})
         resp = conn.getresponse()
         if resp.status != 200:
-            return Outcome(None, f"http_{resp.status}")
+            return failed(f"http_{resp.status}")
         while True:
-            line = resp.readline()
+            line = resp.readline(MAX_LINE_BYTES + 1)
+            body_bytes += len(line)
+            if time.perf_counter() >= deadline:  # keep-alive lines alone never end a stream
+                return failed(late)
+            if len(line) > MAX_LINE_BYTES or body_bytes > MAX_BODY_BYTES:
+                return failed("oversized")
             if not line:
-                return Outcome(None, "dropped")  # the stream ended without [DONE]
+                return failed("dropped")  # the stream ended without [DONE]
             text = line.decode("utf-8", "replace").strip()
             if not text.startswith("data:"):
                 continue
@@ -111,21 +156,36 @@ def one_request(ep: Endpoint, body: dict[str, object], client: int, timeout_s: f
                 count = usage["completion_tokens"]
             if piece:
                 times.append(now)
+                text_bytes += len(piece.encode())
+            elif usage is None:
+                empty += 1
     except (ConnectionResetError, BrokenPipeError, http.client.IncompleteRead, http.client.RemoteDisconnected):
-        return Outcome(None, "dropped")
+        return failed("dropped")
     except ConnectionRefusedError:
-        return Outcome(None, "refused")
+        return failed("refused")
     except TimeoutError:
-        return Outcome(None, "timeout")
-    except (OSError, http.client.HTTPException):
-        return Outcome(None, "dropped")
+        return failed("timeout")
+    except (OSError, http.client.HTTPException, ValueError):  # ValueError: reading a connection the watchdog shut
+        return failed("dropped")
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         conn.close()
     if malformed:
         return Outcome(None, "malformed")
     if not times:
         return Outcome(None, "empty")
+    asked = body.get("max_tokens")
+    if count and not plausible_count(count, asked if isinstance(asked, int) else count, len(times), empty,
+                                     text_bytes):
+        return Outcome(Timed(client, sent, tuple(times)), miscounted=True)
     return Outcome(Timed(client, sent, tuple(times), count))
+
+
+def _shut(sock: socket.socket) -> None:
+    """End a request at its deadline: shutting the socket wakes the read blocked on it."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def run_endpoint(ep: Endpoint, wl: Workload, requests: int = 64, time_limit_s: float = 120.0,
@@ -158,7 +218,7 @@ def run_endpoint(ep: Endpoint, wl: Workload, requests: int = 64, time_limit_s: f
     if wl.concurrency is not None:
         def client(c: int) -> None:
             while (n := take()) is not None:
-                record(one_request(ep, body(n), c, request_timeout_s))
+                record(one_request(ep, body(n), c, request_timeout_s, deadline))
 
         threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(wl.concurrency)]
         for t in threads:
@@ -174,8 +234,11 @@ def run_endpoint(ep: Endpoint, wl: Workload, requests: int = 64, time_limit_s: f
                 wait = start + at - time.perf_counter()
                 if wait > 0:
                     time.sleep(wait)
-                pool.submit(lambda n=n: record(one_request(ep, body(n), n, request_timeout_s)))
+                pool.submit(lambda n=n: record(one_request(ep, body(n), n, request_timeout_s, deadline)))
                 at += rng.expovariate(wl.rate_rps or 1.0)
     fails = Counter(o.failure for o in outcomes if o.failure)
     good = [o.timed for o in outcomes if o.timed is not None]
-    return summarize(good, closed_loop=wl.concurrency is not None, failures=dict(fails))
+    miscounted = sum(o.miscounted for o in outcomes)
+    notes = [f"warning: {miscounted} of {len(good)} requests reported a token count (usage.completion_tokens) that "
+             "the streamed text cannot hold; their streamed chunks were counted instead"] if miscounted else []
+    return summarize(good, closed_loop=wl.concurrency is not None, failures=dict(fails), notes=notes)
