@@ -81,7 +81,7 @@ def test_summarize_measures_the_steady_window() -> None:
     assert m.ttft_ms == pytest.approx(1000.0) and m.tpot_ms == pytest.approx(1000.0)
 
 
-def test_verify_needs_a_plans_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_needs_a_plans_folder(torch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["verify", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no plans.json" in err[0]
