@@ -53,7 +53,7 @@ def weight_bytes_per_device(model: ModelSpec, lay: Layout, prec: Precision, redu
         if kind.ffn == "dense":
             w += model.dense_mlp_params / lay.tp
         elif kind.ffn == "moe":
-            w += model.shared_expert_params / lay.tp + model.router_params
+            w += (model.shared_expert_params + model.latent_proj_params) / lay.tp + model.router_params
         per_kind += count * w
     per_layer = per_kind / model.num_layers
     # Embedding and LM head are vocab-parallel over tp; with pp>1 they sit on different stages.

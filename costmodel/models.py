@@ -44,6 +44,9 @@ class MoESpec(_Spec):
     shared_intermediate_size: int = Field(default=0, ge=0, description="FFN width of one shared expert.")
     first_dense_layers: int = Field(default=0, ge=0, description="Leading layers with a dense MLP.")
     expert_bias: bool = Field(default=False, description="Experts and router carry biases (gpt-oss).")
+    latent_size: int = Field(default=0, ge=0, description=(
+        "Routed experts work on a latent of this width, projected from and back to the hidden state once "
+        "per layer (Nemotron-3's latent MoE); 0 = on the hidden state."))
 
     @model_validator(mode="after")
     def _topk_le_experts(self) -> MoESpec:
@@ -312,12 +315,22 @@ class ModelSpec(_Spec):
         return self.mlp_matrices * self.hidden_size * self.intermediate_size
 
     @property
+    def expert_width(self) -> int:
+        """Width of what a routed expert reads and writes: the hidden state, or the MoE latent."""
+        return (self.moe.latent_size if self.moe else 0) or self.hidden_size
+
+    @property
     def expert_params(self) -> int:
         """One routed expert (gate, up, down; biases for gpt-oss)."""
         if not self.moe:
             return 0
-        h, i = self.hidden_size, self.moe.intermediate_size
+        h, i = self.expert_width, self.moe.intermediate_size
         return self.mlp_matrices * h * i + ((2 * i + h) if self.moe.expert_bias else 0)
+
+    @property
+    def latent_proj_params(self) -> int:
+        """A latent MoE layer's projections of the hidden state into the latent and back."""
+        return 2 * self.hidden_size * self.moe.latent_size if self.moe else 0
 
     @property
     def shared_expert_params(self) -> int:
@@ -337,7 +350,8 @@ class ModelSpec(_Spec):
             return self.dense_mlp_params
         if layer.ffn == "moe":
             assert self.moe is not None
-            return self.moe.num_experts * self.expert_params + self.shared_expert_params + self.router_params
+            return (self.moe.num_experts * self.expert_params + self.shared_expert_params + self.router_params
+                    + self.latent_proj_params)
         return 0
 
     @property

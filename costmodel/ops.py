@@ -239,7 +239,7 @@ def moe_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, skew: floa
     """
     moe = model.moe
     assert moe is not None
-    h = model.hidden_size
+    h = model.expert_width  # the hidden state, or a latent MoE's latent
     tokens_all = b.tokens  # every attention-DP rank's tokens meet in the MoE layer
     copies = (moe.num_experts + redundant) / moe.num_experts
     local_experts = moe.num_experts * copies / lay.ep
@@ -250,18 +250,23 @@ def moe_ops(model: ModelSpec, lay: Layout, prec: Precision, b: Batch, skew: floa
     seen = np.minimum(tokens_all, tokens_all * (1.0 - (1.0 - 1.0 / lay.ep) ** moe.top_k) * skew)
     touched = np.minimum(local_experts, experts_touched(tokens_all, moe.top_k, moe.num_experts) * copies / lay.ep)
     ops = [
-        _gemm("router", b.tokens / lay.attention_dp, moe.num_experts, h, prec),
+        _gemm("router", b.tokens / lay.attention_dp, moe.num_experts, model.hidden_size, prec),
         Op("experts", "moe", 2.0 * pairs * model.mlp_matrices * h * width,
            touched * model.mlp_matrices * h * width * prec.weight_bytes
            + pairs * (2 * h + model.mlp_matrices * width) * prec.act_bytes
            + ROUTED_PASSES * seen * moe.top_k * h * prec.act_bytes,
            pairs / np.maximum(touched, 1.0) * 2 * width, h),
     ]
+    tokens = b.tokens / lay.attention_dp
     if moe.num_shared_experts:
         shared = moe.num_shared_experts * moe.shared_intermediate_size / lay.tp
-        tokens = b.tokens / lay.attention_dp
-        ops += [_gemm("shared_gate_up", tokens, (model.mlp_matrices - 1) * shared, h, prec),
-                _gemm("shared_down", tokens, h, shared, prec)]
+        hidden = model.hidden_size
+        ops += [_gemm("shared_gate_up", tokens, (model.mlp_matrices - 1) * shared, hidden, prec),
+                _gemm("shared_down", tokens, hidden, shared, prec)]
+    if moe.latent_size:
+        latent = moe.latent_size / lay.tp
+        ops += [_gemm("latent_in", tokens, latent, model.hidden_size, prec),
+                _gemm("latent_out", tokens, model.hidden_size, latent, prec)]
     return ops
 
 

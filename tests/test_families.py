@@ -54,6 +54,7 @@ PUBLISHED = {
     "MiniMaxAI--MiniMax-M2.5": (230, 10, False),  # MiniMax-M2 card: 230B total, 10B active
     "openai--gpt-oss-120b": (116.8, 5.1, False),  # arXiv:2508.10925 Table 1
     "microsoft--Phi-3-medium-4k-instruct": (14, None, True),  # Phi-3 report, arXiv:2404.14219: phi-3-medium 14B
+    "nvidia--NVIDIA-Nemotron-3-Super-120B-A12B-FP8": (120, 12, False),  # the model name: 120B total, A12B active
 }
 
 
@@ -89,6 +90,7 @@ KV = {
     "stepfun-ai--Step-3.7-Flash": 45 * 2 * 8 * 128,
     "openai--gpt-oss-120b": 36 * 2 * 8 * 64,
     "microsoft--Phi-3-medium-4k-instruct": 40 * 2 * 10 * 128,
+    "nvidia--NVIDIA-Nemotron-3-Super-120B-A12B-FP8": 8 * 2 * 2 * 128,  # eight '*' blocks
 }
 # ... and at 128k tokens of context, where windows and chunks hold only their own span
 LONG = 131072
@@ -106,6 +108,7 @@ KV_LONG = {
 STATE = {
     "Qwen--Qwen3-Next-80B-A3B-Thinking": 36 * (32 * 128 * 128 + 3 * (2 * 16 * 128 + 32 * 128)),
     "nvidia--Nemotron-H-56B-Base-8K": 54 * (256 * 256 * 64 + 3 * (256 * 64 + 2 * 8 * 256)),
+    "nvidia--NVIDIA-Nemotron-3-Super-120B-A12B-FP8": 40 * (128 * 128 * 64 + 3 * (128 * 64 + 2 * 8 * 128)),
 }
 
 
@@ -361,3 +364,12 @@ def test_cli_lists_new_families_and_accelerators_and_drops_the_tower(capsys):
                      "128", "--concurrency", "4", "--json", *flag]) == 0
         weights[flag] = json.loads(capsys.readouterr().out)["memory_gib"]["weights"]
     assert weights[()] - weights[("--text-only",)] == pytest.approx(0.42e9 * 2 / 2**30, rel=0.05)
+
+
+def test_latent_moe_experts_work_on_the_latent():
+    """Nemotron-3 Super: 512 experts of 2 x 1024 x 2688 (ReLU^2 up/down on the 1,024-wide latent), the latent
+    projections 2 x 4096 x 1024 once per MoE layer; with the hidden width its experts would be 4x larger."""
+    m = spec("nvidia--NVIDIA-Nemotron-3-Super-120B-A12B-FP8")
+    assert m.expert_params == 2 * 1024 * 2688 and m.latent_proj_params == 2 * 4096 * 1024
+    plain = m.model_copy(update={"moe": {**m.moe.model_dump(), "latent_size": 0}})
+    assert plain.total_params > 3 * m.total_params / 2

@@ -1,6 +1,7 @@
 """Nemotron-H / Nemotron-3 (`nemotron_h`): one mixer per block as `hybrid_override_pattern` spells
 it - 'M' Mamba-2, '*' attention, '-' squared-ReLU MLP, 'E' MoE - so a block is a token mixer or an
-FFN, not both. Mamba-2 keeps heads x d_state x head_dim of SSM state and a conv cache per sequence."""
+FFN, not both. Mamba-2 keeps heads x d_state x head_dim of SSM state and a conv cache per sequence.
+Nemotron-3 Super's latent MoE (`moe_latent_size`) runs its routed experts on a narrower latent."""
 
 from __future__ import annotations
 
@@ -44,5 +45,6 @@ def read(cfg: Config, where: str) -> Fields:
                                 top_k=need(cfg, "num_experts_per_tok", where, "nemotron_h"),
                                 intermediate_size=need(cfg, "moe_intermediate_size", where, "nemotron_h"),
                                 num_shared_experts=int(get(cfg, "n_shared_experts", default=1 if shared else 0)),
-                                shared_intermediate_size=shared)
+                                shared_intermediate_size=shared,
+                                latent_size=int(get(cfg, "moe_latent_size", default=0)))
     return fields
