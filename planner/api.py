@@ -14,7 +14,7 @@ import numpy as np
 from costmodel.calibration.profile import Profile, profile_for
 from costmodel.catalog import model as load_model
 from costmodel.disagg import disagg_point
-from costmodel.energy import check_power_cap
+from costmodel.energy import check_power_cap, platform
 from costmodel.engines import Engine
 from costmodel.engines import engine as load_engine
 from costmodel.estimate import Estimate, build_instance, estimate_instance
@@ -40,8 +40,7 @@ from hardware.specs import Cluster
 from planner.calibrate.state import uncalibrated
 from planner.objective import PoolCapacity, ServingObjective
 from planner.result import Plan, PlanResult
-from searches import Budget, Solved, Space, rank
-from searches import search as run_search
+from searches import Budget, Solved, Space
 from searches.lp import relax
 from searches.placement import GOALS, MODES, UNIT_RPS, Goal, Problem, place, scaled, shapes
 from searches.pools import PoolSearch, Variant
@@ -186,28 +185,26 @@ def estimate(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, An
 def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None = None,
          workload: Workload | dict[str, Any] | None = None, precision: str | None = None, engine: str = "vllm",
          kv_cache_dtype: str = "auto", profile: str | Path | Profile | None = None,
-         search_strategy: str = "exhaustive", budget_s: float = 60.0, n_jobs: int = 1,
+         search: str = "auto", budget_s: float = 60.0, n_jobs: int = 1,
          cross_domain_tp: bool = False, seed: int = 0, power_caps: Sequence[float | None] = (None,),
          usd_per_device_hour: float = 1.0, progress: Callable[[int, int], None] | None = None,
-         simulate_top: int = 0, modes: Sequence[str] = ("agg",), search: str | None = None,
-         goal: str = "auto", speculation: Speculation | dict[str, Any] | None = None) -> PlanResult:
-    """Every valid layout of `model` on `cluster`, ranked by goodput per device under `slo`.
+         simulate_top: int = 0, modes: Sequence[str] = MODES, goal: str = "auto",
+         speculation: Speculation | dict[str, Any] | None = None) -> PlanResult:
+    """Whole deployments of `model` on `cluster` under `slo`, ranked: aggregated pools and
+    prefill/decode-disaggregated ones (`modes`, both by default) with every instance placed on
+    devices and the rule-of-thumb baseline beside the winner (see `_plan_pools`).
 
-    `modes` ("agg", "disagg") and `search` ("auto", "exhaustive", "cpsat", "lp", "heuristic"; the
-    older `search_strategy` still works) plan whole deployments with pools instead (see
-    `_plan_pools`): aggregated and prefill/decode-disaggregated plans ranked together, every
-    instance placed on devices, with the rule-of-thumb baseline beside the winner. `goal` is what
-    they optimise: "goodput" for the cluster, or the fewest "devices", least "energy" or "cost"
-    that carries the workload's rate ("auto": the latter for an open loop, goodput otherwise).
-
+    `search` picks the allocation strategy ("auto", "exhaustive", "cpsat", "lp", "heuristic");
+    `goal` is what it optimises: "goodput" for the cluster, or the fewest "devices", least "energy"
+    or "cost" that carries the workload's rate ("auto": the latter for an open loop, goodput otherwise).
     With `power_caps` (watts per device; None = uncapped) every layout is also evaluated at each
     cap, so the plans span the energy-latency trade-off (`result.pareto`). `usd_per_device_hour`
-    prices `cost_per_mtok`; `progress(done, total)` is called after each cap and device group.
-    With `simulate_top=K` the K best feasible plans are re-ranked by the iteration-level simulator
-    (goodput per device at 90% SLO attainment, or simulated throughput for a closed loop), so
+    prices `cost_per_mtok`; `progress(done, total)` is called as the capacity table fills.
+    With `simulate_top=K` the K best plans are re-ranked by the iteration-level simulator
+    (simulated goodput at 90% SLO attainment, or simulated throughput for a closed loop), so
     queueing and batching dynamics the analytic screen averages away decide among them.
     `speculation` plans every layout with speculative decoding / MTP on (see `estimate`).
-    Raises InfeasibleError (naming what binds and by how much) when no layout qualifies.
+    Raises InfeasibleError (naming what binds and by how much) when no plan qualifies.
     """
     spec = load_model(model)
     clu = load_cluster(cluster)
@@ -230,53 +227,8 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
                                 "device-hour, e.g. 2.5")
     if not isinstance(simulate_top, int) or isinstance(simulate_top, bool) or simulate_top < 0:
         raise PlannerInputError(f"simulate_top={simulate_top!r} must be a whole number >= 0 (plans to simulate)")
-    strategy = search or search_strategy
-    if tuple(modes) != ("agg",) or strategy != "exhaustive":
-        return _plan_pools(spec, clu, slo_, wl, prec, eng, caps, profile, modes, strategy, goal, budget_s, n_jobs,
-                           seed, cross_domain_tp, usd_per_device_hour, notes)
-    started = time.monotonic()
-    evaluated = []
-    steps = [(cap, group) for cap in caps for group in clu.groups]
-    for step, (cap, group) in enumerate(steps):
-        objective = ServingObjective(spec, group, prec, _profile(group.device.name, profile), eng, wl, slo_,
-                                     power_cap_w=cap, usd_per_device_hour=usd_per_device_hour)
-        space = Space(spec, group, cross_domain_tp=cross_domain_tp)
-        left = max(budget_s - (time.monotonic() - started), 1e-3)
-        found = run_search(space, objective, Budget(time_s=left, seed=seed, n_jobs=n_jobs), search_strategy)
-        evaluated += [((group.device.name, objective), e) for e in found]
-        if progress is not None:
-            progress(step + 1, len(steps))
-    ordered = rank([e for _, e in evaluated])
-    device_of = {id(e): d for d, e in evaluated}
-    plans, rejected = [], []
-    for e in ordered:
-        device, objective = device_of[id(e)]
-        details = objective.details(e.layout) if e.feasible else {}
-        p = Plan(layout=e.layout, replicas=e.layout.dp, device=device, metrics=e.metrics,
-                 score=e.score, feasible=e.feasible, binding=e.binding, detail=e.detail,
-                 power_cap_w=objective.power_cap_w, **details)
-        (plans if e.feasible else rejected).append(p)
-    sim_seconds = 0.0
-    if simulate_top and plans:
-        plans, sim_seconds = _simulate_top(plans, simulate_top, spec, clu, prec, eng, profile, wl, slo_, seed)
-    band = _profile(clu.groups[0].device.name, profile).for_engine(eng.name).error_band.get("tpot_ms")
-    plans = _with_reasons(plans, slo_, band)
-    _checked_plans(plans + rejected)
-    request = {"model": spec.name, "cluster": clu.name, "devices": clu.num_devices, "notes": notes,
-               "slo": slo_.model_dump(exclude_none=True), "workload": wl.model_dump(exclude_none=True),
-               "precision": prec.label, "engine": eng.name, "power_caps": list(caps),
-               "usd_per_device_hour": usd_per_device_hour, "cluster_shape": _cluster_shape(clu),
-               "model_spec": spec.model_dump(),  # lets `planner verify` rebuild a model given by path or module
-               **_profile_names(clu, profile)}
-    stats = {"strategy": search_strategy, "evaluated": len(ordered), "feasible": len(plans),
-             "seconds": round(time.monotonic() - started, 3),
-             "objective": "goodput_rps per device" if wl.rate_rps else "output tok/s per device"}
-    if simulate_top:
-        stats.update({"simulated": min(simulate_top, len(plans)), "simulation_seconds": round(sim_seconds, 3)})
-    result = PlanResult(request=request, plans=plans, rejected=rejected, search=stats)
-    if not plans:
-        raise InfeasibleError(_why_nothing(spec.name, clu.name, rejected, slo_), result)
-    return result
+    return _plan_pools(spec, clu, slo_, wl, prec, eng, caps, profile, modes, search, goal, budget_s, n_jobs,
+                       seed, cross_domain_tp, usd_per_device_hour, notes, progress, simulate_top)
 
 
 def _profile_names(clu: Cluster, profile: str | Path | Profile | None) -> dict[str, str | None]:
@@ -312,35 +264,22 @@ def _cluster_shape(clu: Cluster) -> list[dict[str, Any]]:
             for g in clu.groups]
 
 
-def _with_reasons(plans: list[Plan], slo: SLO, band: tuple[float, float] | None = None) -> list[Plan]:
-    """Number the plans and say why each beat the next one down, and whether that lead is larger
-    than the calibration's p10-p90 error band (a smaller lead is not a reliable order)."""
-    out = []
-    for i, p in enumerate(plans):
-        margin = _slo_margin(p, slo)
-        if i + 1 < len(plans):
-            nxt = plans[i + 1]
-            gap = (p.score / nxt.score - 1) * 100 if nxt.score > 0 else float("inf")
-            why = f"Beats #{i + 2} ({nxt.label()}) by {gap:.1f}% in score"
-            if band and p.score <= nxt.score * band[1] / band[0]:
-                why += (f", within the model's p10-p90 error band (x{band[0]:.2f}-x{band[1]:.2f}), "
-                        "so their order is uncertain")
-            why = f"{why}. {margin}"
-        else:
-            why = margin
-        out.append(Plan(**{**p.__dict__, "rank": i + 1, "why": why.strip()}))
-    return out
-
-
 def _slo_margin(p: Plan, slo: SLO) -> str:
-    """The objective closest to binding, and its margin; or that no latency objective was set."""
-    margins = {k: 1 - p.metrics[k] / limit for k, limit in (("ttft_ms", slo.ttft_ms), ("tpot_ms", slo.tpot_ms))
-               if limit}
-    if not margins:
+    """The objective closest to binding and its margin, at the load the plan is ranked on (and at the
+    offered rate where that differs); or that no latency objective was set."""
+    m = p.metrics
+    limits = [(k, limit) for k, limit in (("ttft_ms", slo.ttft_ms), ("tpot_ms", slo.tpot_ms)) if limit]
+    if not limits:
         return "No latency objective was set; ranked on throughput alone."
+    margins = {k: 1 - m[k] / limit for k, limit in limits}
     key = min(margins, key=lambda k: margins[k])
-    limit = getattr(slo, key)
-    return f"Binding objective: {key} {p.metrics[key]:.1f} of {limit:g} ({margins[key] * 100:.0f}% margin)."
+    load = f" at {m['ranked_rps']:.2f} req/s (the load it is ranked on)" if "ranked_rps" in m else ""
+    out = f"Binding objective{load}: {key} {m[key]:.1f} of {getattr(slo, key):g} ({margins[key] * 100:.0f}% margin)."
+    if f"offered_{key}" in m:
+        offered = m[f"offered_{key}"]
+        out += (f" At the offered {p.metrics.get('offered_rps', 0.0) or 0.0:.2f} req/s: {key} {offered:.1f} "
+                f"({(1 - offered / getattr(slo, key)) * 100:.0f}% margin).")
+    return out
 
 
 def _why_nothing(model: str, cluster: str, rejected: list[Plan], slo: SLO) -> str:
@@ -482,41 +421,58 @@ def goodput(model: ModelRef, cluster: ClusterRef, layout: Layout | dict[str, Any
 
 
 def _simulate_top(plans: list[Plan], k: int, spec: ModelSpec, clu: Cluster, prec: Any, eng: Any,
-                  profile: str | Path | Profile | None, wl: Workload, slo: SLO, seed: int) -> tuple[list[Plan], float]:
-    """Re-rank the first `k` plans by simulated goodput per device (open loop) or simulated
-    throughput per device among those meeting the SLO for SIM_TARGET of requests (closed loop)."""
-    started = time.monotonic()
-    groups = {g.device.name: g for g in clu.groups}
+                  profile: str | Path | Profile | None, wl: Workload, slo: SLO, seed: int) -> list[Plan]:
+    """Re-rank the first `k` plans by the simulator: every pool of an aggregated plan is simulated (one
+    instance at its share of the load: goodput at SIM_TARGET attainment for an open loop, throughput
+    for a closed loop), the pools' results summed. There is no disaggregated simulator, so a
+    disaggregated plan keeps its analytic numbers and its slot; the aggregated plans re-rank among
+    the slots they held, so every comparison is simulated against simulated or analytic against analytic."""
     slo_ms = {key: v for key, v in (("ttft_ms", slo.ttft_ms), ("tpot_ms", slo.tpot_ms)) if v}
-    rescored = []
-    for p in plans[:k]:
-        group = groups[p.device]
-        inst = Instance(spec, p.layout.model_copy(update={"dp": 1}), prec, group, _profile(group.device.name, profile),
-                        eng, power_cap_w=p.power_cap_w)
-        per = wl.per_replica(p.replicas)
-        swl = SimWorkload.from_workload(per, num_requests=SIM_PLAN_REQUESTS)
-        drawn = draw_requests(swl, seed)
+    top = plans[:k]
+    simulated = {i: _simulated(p, spec, clu, prec, eng, profile, wl, slo_ms, seed)
+                 for i, p in enumerate(top) if p.mode == "agg"}
+    order = sorted(simulated, key=lambda i: (simulated[i].metrics["sim_attainment"] < SIM_TARGET,
+                                             -simulated[i].metrics["sim_goodput_rps"]))
+    slots = iter(order)
+    return [simulated[next(slots)] if i in simulated else p for i, p in enumerate(top)] + plans[k:]
+
+
+def _simulated(p: Plan, spec: ModelSpec, clu: Cluster, prec: Any, eng: Any, profile: str | Path | Profile | None,
+               wl: Workload, slo_ms: dict[str, float], seed: int) -> Plan:
+    """`p` with simulated metrics (sim_*), summed over its pools."""
+    groups = {g.device.name: g for g in clu.groups}
+    total = sum(pool["instances"] * pool["rate_rps"] for pool in p.pools) or 1.0
+    good, tokens, worst = 0.0, 0.0, 1.0
+    m = dict(p.metrics)
+    for pool in p.pools:
+        group = groups[pool["device"]]
+        inst = Instance(spec, Layout(**pool["layout_fields"]), prec, group, _profile(group.device.name, profile), eng,
+                        power_cap_w=p.power_cap_w)
+        n = pool["instances"]
+        share = pool["rate_rps"] / total  # of the plan's load, per instance of this pool
+        if wl.rate_rps is not None:
+            per = wl.model_copy(update={"rate_rps": (wl.rate_rps if p.metrics.get("goodput_rps") is None
+                                                     else min(wl.rate_rps, p.metrics["goodput_rps"])) * share})
+        else:
+            per = wl.model_copy(update={"concurrency": max(1, round((wl.concurrency or 1) * share))})
+        drawn = draw_requests(SimWorkload.from_workload(per, num_requests=SIM_PLAN_REQUESTS), seed)
         s = sim_setup(inst, SchedulerConfig(), drawn)
-        m = dict(p.metrics)
         if wl.rate_rps is not None and slo_ms:
             cap = max_running(inst, s.kv_blocks * s.sched.block_size, wl.isl, wl.osl, s.sched.max_num_seqs)
             hint = capacity_rps(inst, wl.isl, wl.osl, max(cap, 1)) * 1.2
-            g = find_goodput(s, drawn, slo_ms, SIM_TARGET, hint_rps=hint, rel_tol=0.05)
-            m["sim_goodput_rps_per_instance"] = g.rate_rps
-            m["sim_goodput_rps"] = g.rate_rps * p.replicas
+            good += find_goodput(s, drawn, slo_ms, SIM_TARGET, hint_rps=hint, rel_tol=0.05).rate_rps * n
             res = sim_run(s, drawn, per.rate_rps)
-            score, fits = g.rate_rps / p.layout.instance_devices, g.rate_rps * p.replicas >= wl.rate_rps
         else:
             res = sim_run(s, drawn)
-            attained = res.attainment(slo_ms) if slo_ms else 1.0
-            score, fits = res.output_tok_s / p.layout.instance_devices, attained >= SIM_TARGET
-        m.update({"sim_ttft_p50_ms": res.ttft_ms.p50, "sim_ttft_p99_ms": res.ttft_ms.p99,
-                  "sim_tpot_p50_ms": res.tpot_ms.p50, "sim_tpot_p99_ms": res.tpot_ms.p99,
-                  "sim_output_tok_s": res.output_tok_s * p.replicas,
-                  "sim_attainment": res.attainment(slo_ms) if slo_ms else 1.0, "sim_score": score})
-        rescored.append((not fits, -score, Plan(**{**p.__dict__, "metrics": m, "score": score})))
-    rescored.sort(key=lambda x: (x[0], x[1]))
-    return [p for _, _, p in rescored] + plans[k:], time.monotonic() - started
+            good += res.requests_per_s * n if (res.attainment(slo_ms) if slo_ms else 1.0) >= SIM_TARGET else 0.0
+        tokens += res.output_tok_s * n
+        worst = min(worst, res.attainment(slo_ms) if slo_ms else 1.0)
+        for key, value in (("sim_ttft_p50_ms", res.ttft_ms.p50), ("sim_ttft_p99_ms", res.ttft_ms.p99),
+                           ("sim_tpot_p50_ms", res.tpot_ms.p50), ("sim_tpot_p99_ms", res.tpot_ms.p99)):
+            m[key] = max(m.get(key, 0.0), value)
+    m.update({"sim_goodput_rps": good, "sim_output_tok_s": tokens, "sim_attainment": worst,
+              "sim_score": good / p.devices if p.devices else 0.0})
+    return Plan(**{**p.__dict__, "metrics": m})
 
 
 # ---- pool plans: aggregated and disaggregated deployments from capacity tables and a solver -------------
@@ -526,7 +482,8 @@ SEARCHES = ("auto", "exhaustive", "cpsat", "lp", "heuristic")
 def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any, eng: Any,
                 caps: tuple[float | None, ...], profile: str | Path | Profile | None, modes: Sequence[str],
                 strategy: str, goal: str, budget_s: float, n_jobs: int, seed: int, cross_domain_tp: bool,
-                usd_per_device_hour: float, notes: list[str]) -> PlanResult:
+                usd_per_device_hour: float, notes: list[str], progress: Callable[[int, int], None] | None = None,
+                simulate_top: int = 0) -> PlanResult:
     """Plans with pools (see searches/pools.py); the winner, runner-ups and the rule-of-thumb baseline."""
     mode_list = _modes(modes)
     if strategy not in SEARCHES:
@@ -548,14 +505,18 @@ def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any
     groups = shapes(clu, {g.device.name: usd_per_device_hour for g in clu.groups})
     target = scaled(wl.rate_rps) if kind != "goodput" and wl.rate_rps else 0
     found = run_pools(groups, variants, PoolCapacity(tuple(objectives), out_link), mode_list, Goal(kind, target),
-                      strategy, Budget(time_s=budget_s, seed=seed, n_jobs=n_jobs))
+                      strategy, Budget(time_s=budget_s, seed=seed, n_jobs=n_jobs), progress=progress)
     key = {(v.group, v.tag): i for i, v in enumerate(variants)}
     plans = [_pool_plan(found.problems[m], s, objectives, key, clu, wl, out_link)
              for m in mode_list for s in found.solved[m]]
     plans.sort(key=lambda p: _rank_key(p, kind))
     base = (_pool_plan(found.baseline_problem, found.baseline, objectives, key, clu, wl, out_link)
             if found.baseline is not None and found.baseline_problem is not None else None)
-    plans = _pool_reasons(plans, slo, kind, base)
+    sim_started = time.monotonic()
+    if simulate_top and plans:
+        plans = _simulate_top(plans, simulate_top, spec, clu, prec, eng, profile, wl, slo, seed)
+    band = _profile(clu.groups[0].device.name, profile).for_engine(eng.name).error_band.get("tpot_ms")
+    plans = _pool_reasons(plans, slo, kind, base, band)
     _checked_plans(plans)
     rejected = [Plan(layout=r.layout, replicas=0, device=clu.groups[variants[r.variant].group].device.name,
                      metrics=dict(r.cap.metrics), score=0.0, feasible=False, binding=r.cap.binding,
@@ -565,6 +526,9 @@ def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any
     stats: dict[str, Any] = {"strategy": strategy, "modes": list(mode_list), "goal": kind, **found.stats,
                              "evaluated": len(found.rows), "feasible": len(plans),
                              "objective": {"goodput": "cluster goodput_rps"}.get(kind, f"fewest {kind} for the rate")}
+    if simulate_top:
+        stats.update({"simulated": min(simulate_top, len(plans)),
+                      "simulation_seconds": round(time.monotonic() - sim_started, 3)})
     if base is not None:
         stats["baseline"] = {"label": base.label(), "devices": base.devices,
                              "goodput_rps": base.metrics.get("goodput_rps", 0.0)}
@@ -575,7 +539,8 @@ def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any
                "slo": slo.model_dump(exclude_none=True), "workload": wl.model_dump(exclude_none=True),
                "precision": prec.label, "engine": eng.name, "power_caps": list(caps),
                "usd_per_device_hour": usd_per_device_hour, "cluster_shape": _cluster_shape(clu),
-               "model_spec": spec.model_dump()}  # lets `planner verify` rebuild a model given by path or module
+               "model_spec": spec.model_dump(),  # lets `planner verify` rebuild a model given by path or module
+               **_profile_names(clu, profile)}
     result = PlanResult(request=request, plans=plans, rejected=rejected, search=stats)
     if not plans:
         raise InfeasibleError(_why_no_pool(spec.name, clu.name, found, rejected, slo, wl), result)
@@ -606,7 +571,6 @@ def _pool_plan(problem: Problem, solved: Solved, objectives: Sequence[ServingObj
     """A Plan for one allocation: pools, placement and metrics at the operating rate."""
     inst = solved.allocation.instances(problem)
     goodput = solved.value.goodput * UNIT_RPS
-    rate = min(goodput, wl.rate_rps) if wl.rate_rps else goodput
     pools, parts = [], []
     for i, n in sorted(inst.items(), key=lambda t: ("prefill", "agg", "decode").index(problem.configs[t[0]].role)):
         c = problem.configs[i]
@@ -614,7 +578,8 @@ def _pool_plan(problem: Problem, solved: Solved, objectives: Sequence[ServingObj
         pools.append({"role": c.role, "device": clu.groups[c.group].device.name,
                       "layout": c.layout.model_copy(update={"dp": 1}).label(), "instances": n,
                       "devices": n * c.devices, "rate_rps": c.rate * UNIT_RPS, "binding": c.binding,
-                      "detail": c.detail, "power_cap": c.tag,
+                      "detail": c.detail, "power_cap": c.tag, "layout_fields": c.layout.model_copy(
+                          update={"dp": 1}).model_dump(),
                       # sequences one instance runs at its rated load, and what its KV cache admits
                       "running": c.metrics.get("running", 0.0),
                       "max_running": c.metrics.get("max_running", 0.0)})
@@ -622,21 +587,39 @@ def _pool_plan(problem: Problem, solved: Solved, objectives: Sequence[ServingObj
     placed = tuple({"role": problem.configs[p.config].role, "device": clu.groups[p.group].device.name,
                     "group": p.group, "devices": list(p.devices), "local_kv": p.local_kv}
                    for p in place(problem, solved.allocation))
+    ranked = goodput if problem.goal.kind == "goodput" else min(goodput, wl.rate_rps or goodput)
     if problem.mode == "disagg":
         (pc, x, pobj), (dc, y, dobj) = parts[0], parts[-1]
         local = sum(n for (j, _), n in solved.allocation.local.items() if problem.configs[j] is pc) == x
         link = pobj.group.scaleup if local and pc.group == dc.group else out_link
-        point = disagg_point(pobj.instance(pc.layout), x, dobj.instance(dc.layout), y, wl, rate, link)
-        metrics = point.metrics()
+
+        def at(rate: float) -> dict[str, float]:
+            point = disagg_point(pobj.instance(pc.layout), x, dobj.instance(dc.layout), y, wl, rate, link)
+            out = point.metrics()
+            extra_w = x * pc.devices + y * dc.devices
+            busy = (x * pc.devices * min(rate / max(x * pc.rate * UNIT_RPS, 1e-12), 1.0) + y * dc.devices) / extra_w
+            return out | {"max_running": dc.metrics.get("max_running", 0.0), "busy_fraction": busy,
+                          "device_power_w": out["power_w"] / extra_w - _platform_w(pobj)}
         lay, replicas, device, cap = dc.layout.model_copy(update={"dp": y}), y, pools[-1]["device"], dobj.power_cap_w
         extra: dict[str, Any] = {"prefill_layout": pc.layout, "prefill_instances": x,
                                  "prefill_device": pools[0]["device"]}
     else:
-        metrics = _agg_pool_metrics(parts, rate, wl, solved.value.goodput)
+        def at(rate: float) -> dict[str, float]:
+            return _agg_pool_metrics(parts, rate, wl, solved.value.goodput)
         c, n, obj = max(parts, key=lambda t: t[1] * t[0].devices)
         lay, replicas, cap = c.layout.model_copy(update={"dp": n}), n, obj.power_cap_w
         device = clu.groups[c.group].device.name
         extra = {}
+        details = obj.details(lay)
+        extra |= {"breakdown_ms": details["breakdown_ms"], "memory_gib": details["memory_gib"]}
+    # latencies at the load the plan is ranked on (its goodput, or the target rate it is sized for),
+    # and at the offered rate, labelled offered_*, where that differs and the plan carries it
+    metrics = at(ranked)
+    metrics["ranked_rps"] = ranked
+    if wl.rate_rps and abs(wl.rate_rps - ranked) > 1e-9 * ranked and wl.rate_rps <= goodput:
+        offered = at(wl.rate_rps)
+        metrics |= {f"offered_{k}": offered[k] for k in ("ttft_ms", "tpot_ms", "output_tok_s", "power_w")}
+        metrics["offered_rps"] = wl.rate_rps
     devices = solved.value.devices
     price = sum(problem.shape(i).price_per_device_hour * problem.configs[i].devices * n for i, n in inst.items())
     tokens = metrics.get("output_tok_s", 0.0)
@@ -650,20 +633,37 @@ def _pool_plan(problem: Problem, solved: Solved, objectives: Sequence[ServingObj
                 mode=problem.mode, pools=tuple(pools), placement=placed, **extra)
 
 
+def _platform_w(obj: ServingObjective) -> float:
+    """Host, NIC and switch watts per device (what `power_w` holds beyond the boards)."""
+    plat = platform(obj.group, obj.profile)
+    return plat.host_w + plat.nic_w + plat.switch_w
+
+
+ADDITIVE = ("output_tok_s", "requests_per_s", "power_w", "energy_kwh_per_hour")
+WORST = ("ttft_ms", "tpot_ms", "decode_batch")
+
+
 def _agg_pool_metrics(parts: list[tuple[Any, int, ServingObjective]], rate: float, wl: Workload,
                       goodput_units: int) -> dict[str, float]:
-    """Aggregated pools share the rate in proportion to capacity; latencies are the worst pool's."""
+    """Aggregated pools share the rate in proportion to capacity; latencies are the worst pool's, sums
+    are summed, and the rest (memory, running sequences) are the largest pool's."""
     out: dict[str, float] = {}
-    for c, n, obj in parts:
+    devices = 0
+    for c, n, obj in sorted(parts, key=lambda t: t[1] * t[0].devices):
         share = rate * c.rate * n / max(goodput_units, 1)
         m = obj._metrics(obj.instance(c.layout), wl.model_copy(update={"rate_rps": share, "concurrency": None}), n)
-        for k in ("ttft_ms", "tpot_ms", "decode_batch"):
+        out |= {k: v for k, v in m.items() if k not in ADDITIVE + WORST}
+        for k in WORST:
             out[k] = max(out.get(k, 0.0), m.get(k, 0.0))
-        for k in ("output_tok_s", "requests_per_s", "power_w", "energy_kwh_per_hour"):
+        for k in ADDITIVE:
             out[k] = out.get(k, 0.0) + m.get(k, 0.0)
-    tokens = out.get("output_tok_s", 0.0)
+        devices += n * c.devices
+    tokens, rps = out.get("output_tok_s", 0.0), out.get("requests_per_s", 0.0)
     out["energy_j_per_token"] = out["power_w"] / tokens if tokens > 0 else math.inf
+    out["energy_j_per_request"] = out["power_w"] / rps if rps > 0 else math.inf
     out["tok_s_per_user"] = 1e3 / out["tpot_ms"] if 0 < out.get("tpot_ms", 0.0) < math.inf else 0.0
+    if len(parts) > 1:
+        out["device_power_w"] = out["power_w"] / devices - _platform_w(parts[-1][2])
     return out
 
 
@@ -676,24 +676,40 @@ def _what_binds(p: Plan) -> str:
         return (f"the {pool['role']} pool binds ({min(pre, dec):.2f} of {max(pre, dec):.2f} req/s matched), its "
                 f"instances limited by {pool['binding']} ({pool['detail']})")
     pool = max(p.pools, key=lambda q: q["devices"])
-    return f"its {pool['layout']} instances are limited by {pool['binding']} ({pool['detail']})"
+    return (f"at its capacity ({m.get('goodput_rps', 0.0):.2f} req/s) its {pool['layout']} instances are limited "
+            f"by {pool['binding']} ({pool['detail']})")
 
 
-def _pool_reasons(plans: list[Plan], slo: SLO, kind: str, base: Plan | None) -> list[Plan]:
-    """Rank numbers and why: the winner's binding constraint and SLO margin, how it beat the next one."""
+def _pool_reasons(plans: list[Plan], slo: SLO, kind: str, base: Plan | None,
+                  band: tuple[float, float] | None = None) -> list[Plan]:
+    """Rank numbers and why: the winner's binding constraint and SLO margin, how it beat the next one
+    (simulated goodput against simulated where both were simulated), and whether that lead is within
+    the calibration's p10-p90 error band (then their order is uncertain)."""
     out = []
     for i, p in enumerate(plans):
         why = f"Binds: {_what_binds(p)}. {_slo_margin(p, slo)}"
         if i + 1 < len(plans):
             nxt = plans[i + 1]
-            g, h = p.metrics["goodput_rps"], nxt.metrics["goodput_rps"]
-            if kind == "goodput":
-                edge = f"{(g / h - 1) * 100:.1f}% more goodput" if h > 0 else "goodput where it has none"
-            elif _rank_key(p, kind)[0] < _rank_key(nxt, kind)[0]:
-                edge = f"less {kind} ({p.devices} devices against {nxt.devices})"
+            sim = "sim_goodput_rps" in p.metrics and "sim_goodput_rps" in nxt.metrics
+            key = "sim_goodput_rps" if sim else "goodput_rps"
+            g, h = p.metrics[key], nxt.metrics[key]
+            what = "simulated goodput" if sim else "goodput"
+            primary, other = _rank_key(p, kind)[0], _rank_key(nxt, kind)[0]
+            if kind == "goodput" or sim:
+                edge = f"{(g / h - 1) * 100:.1f}% more {what}" if h > 0 else f"{what} where it has none"
+                close = band is not None and h > 0 and g <= h * band[1] / band[0]
+            elif primary < other:
+                unit = {"devices": "devices", "energy": "W", "cost": "USD/h"}[kind]
+                edge = f"less {kind} ({primary:g} {unit} against {other:g})"
+                close = band is not None and other <= primary * band[1] / band[0] and kind != "devices"
             else:
                 edge = f"as little {kind} and {g:.2f} against {h:.2f} req/s of headroom"
-            why += f" Beats #{i + 2} ({nxt.label()}) with {edge}; #{i + 2} loses because {_what_binds(nxt)}."
+                close = band is not None and h > 0 and g <= h * band[1] / band[0]
+            why += f" Beats #{i + 2} ({nxt.label()}) with {edge}"
+            if close and band is not None:
+                why += (f", within the model's p10-p90 error band (x{band[0]:.2f}-x{band[1]:.2f}), so their "
+                        "order is uncertain")
+            why += f"; #{i + 2} loses because {_what_binds(nxt)}."
         if i == 0 and base is not None and base.metrics.get("goodput_rps", 0) > 0:
             why += (f" Rule of thumb ({base.label()}): {base.metrics['goodput_rps']:.2f} req/s on {base.devices} "
                     f"devices; this plan {p.metrics['goodput_rps'] / base.metrics['goodput_rps']:.2f}x its goodput "

@@ -153,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tpot-ms", type=_positive_float, help="mean TPOT objective")
     p.add_argument("--budget-s", type=_positive_float, default=60.0, help="search time budget")
     p.add_argument("--jobs", type=_positive_int, default=1, help="parallel workers for candidate evaluation")
-    p.add_argument("--search", choices=("auto", "exhaustive", "cpsat", "lp", "heuristic"), default=None,
-                   help="search strategy (default: exhaustive over layouts; the others plan pools with a solver)")
-    p.add_argument("--modes", type=_modes, default=("agg",),
-                   help="deployment modes to rank together: agg, disagg or agg,disagg (prefill/decode pools)")
+    p.add_argument("--search", choices=("auto", "exhaustive", "cpsat", "lp", "heuristic"), default="auto",
+                   help="allocation strategy (auto: CP-SAT, then annealing where it was not proven optimal)")
+    p.add_argument("--modes", type=_modes, default=("agg", "disagg"),
+                   help="deployment modes to rank together: agg, disagg or agg,disagg (default; prefill/decode pools)")
     p.add_argument("--goal", choices=("auto", "goodput", "devices", "energy", "cost"), default="auto",
                    help="pool plans: maximise goodput, or the fewest devices / least energy / cost for --rate")
     p.add_argument("--top", type=_positive_int, default=10, help="plans to print")
@@ -311,6 +311,9 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
     out.print(r.best.explain())
     for n in r.request.get("notes", []):
         out.print(f"note: {n}")
+    out.print(search_summary(r.search), style="dim")
+    if r.search.get("cut"):
+        out.print(f"note: the search was cut short: {r.search['cut']}", style="yellow")
     return 0
 
 
@@ -318,6 +321,19 @@ def layer_mix(m: ModelSpec) -> str:
     """Token mixers by kind, e.g. '36 linear + 12 full' (one kind: just its name)."""
     kinds = Counter(layer.attention for layer in m.layer_list)
     return " + ".join(f"{n} {k}" for k, n in kinds.items()) if len(kinds) > 1 else next(iter(kinds))
+
+
+def search_summary(stats: dict[str, Any]) -> str:
+    """One line on how the search went: per mode, proven optimal or the gap; rows pruned by bounds."""
+    parts = []
+    for m in stats.get("modes", []):
+        gap = stats.get(f"{m}_gap")
+        state = "proven optimal" if gap == 0 else ("no plan" if gap is None else f"within {gap * 100:.2f}% (proven)")
+        parts.append(f"{m} {state}")
+    pruned = int(stats.get("rows_pruned", 0) or 0)
+    return (f"search {stats.get('strategy')}: {', '.join(parts)}; {int(stats.get('rows', 0))} capacity rows, "
+            f"{pruned} more pruned by bounds; LP bound over {stats.get('lp_bound_covers', 'the rows evaluated')}; "
+            f"{stats.get('seconds')} s")
 
 
 def cmd_models(a: argparse.Namespace, out: Console) -> int:

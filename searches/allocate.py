@@ -4,7 +4,7 @@ Every strategy returns `Solved` allocations, best first, each with a distinct se
 configs (so the second one is the runner-up plan, not the same plan with one instance fewer),
 and honours the time budget. `exhaustive` enumerates every allocation (domains of one group are
 interchangeable, so it enumerates multisets of per-domain patterns); `cpsat`, `lp` and `heuristic`
-live in their own modules; `auto` picks exhaustive for small spaces and CP-SAT otherwise.
+live in their own modules; `auto` is CP-SAT, then annealing from its best where it was not proven.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from searches.placement import (
     evaluate,
     nodes_of,
 )
-
-AUTO_EXHAUSTIVE_LIMIT = 20_000  # candidate allocations below which `auto` enumerates them all
 
 
 @dataclass(frozen=True)
@@ -187,12 +185,13 @@ def exhaustive(problem: Problem, budget: Budget, top: int) -> list[Solved]:
             break
     seconds = time.monotonic() - started
     ranked = sorted(best.values(), key=lambda va: -va[0].objective)[:top]
-    return [Solved(a, v, "exhaustive", seconds, v.objective if complete else None, complete, first)
+    notes: dict[str, float | str] = {} if complete else {"cut": "wall_clock"}
+    return [Solved(a, v, "exhaustive", seconds, v.objective if complete else None, complete, first, dict(notes))
             for v, a in ranked]
 
 
-def space_size(problem: Problem) -> int:
-    """Candidate allocations exhaustive would visit (an estimate; stops counting past the auto limit)."""
+def space_size(problem: Problem, limit: int = 20_000) -> int:
+    """Candidate allocations exhaustive would visit (an estimate; stops counting past `limit`)."""
     total = 0
     for chosen in _choices(problem):
         prod = 1
@@ -208,13 +207,24 @@ def space_size(problem: Problem) -> int:
             for i in cross:
                 prod *= g.num_devices // problem.configs[i].devices + 1
         total += prod
-        if total > AUTO_EXHAUSTIVE_LIMIT:
+        if total > limit:
             return total
     return total
 
 
 @register("auto")
 def auto(problem: Problem, budget: Budget, top: int) -> list[Solved]:
-    """Exhaustive when the space is small, CP-SAT otherwise."""
-    name = "exhaustive" if space_size(problem) <= AUTO_EXHAUSTIVE_LIMIT else "cpsat"
-    return ALLOCATORS[name](problem, budget, top)
+    """CP-SAT with its work budget; where that did not prove the optimum, simulated annealing walks on
+    from CP-SAT's best (`budget.steps` moves) and the better of each choice is kept - never worse than
+    CP-SAT alone, and deterministic for a seed."""
+    found = ALLOCATORS["cpsat"](problem, budget, top)
+    if found and found[0].optimal:
+        return found
+    from searches.heuristic import anneal  # heuristic imports this module
+
+    start = found[0].allocation.instances(problem) if found else None
+    walked = anneal(problem, budget, top, start, budget.steps)
+    bound = found[0].bound if found else None
+    notes = found[0].notes if found else {}
+    return found + [Solved(w.allocation, w.value, "auto", w.seconds, bound, False, w.first_feasible_s,
+                           {**notes, **w.notes}) for w in walked]

@@ -28,10 +28,17 @@ class Evaluated:
 
 @dataclass(frozen=True)
 class Budget:
+    """What a search may spend. The work limits (`rows`, `solver_work`, `steps`) decide the answer, so
+    the same seed gives the same plans on a fast or a loaded machine; `time_s` is wall clock, an outer
+    safety limit only, and a search reports when it bit."""
+
     time_s: float = 60.0
     seed: int = 0
     n_jobs: int = 1
     backend: str = "loky"  # joblib backend for candidate evaluation: loky, threading, or ray (extra [ray])
+    rows: int | None = None  # capacity-table rows at most (None: every row the bounds do not prune)
+    solver_work: float = 20.0  # CP-SAT deterministic time per solve (its work units, about seconds on one core)
+    steps: int = 20_000  # simulated-annealing moves
 
 
 class Objective(Protocol):

@@ -11,8 +11,9 @@ One integer model per `Problem` (see searches/placement.py for the rules it enco
   (at most the local senders' rate and the domain's decode rate), the rest shipped over the
   network (at most the remote senders' rate), all of it at most the decode pool's rate.
 The objective is `placement.objective_value`, the integer every strategy maximises. With one
-worker and a fixed seed the search is deterministic; it stops at the time limit with the best
-solution found and CP-SAT's bound on the optimum (the gap). Runner-up plans come from re-solving
+worker and a fixed seed, and a deterministic-time limit (CP-SAT's own work units), the search is the
+same on any machine; it stops at that limit (or at the wall-clock safety limit, which is then
+reported) with the best solution found and CP-SAT's bound on the optimum (the gap). Runner-up plans come from re-solving
 with a cut that forbids each earlier choice of configs.
 """
 
@@ -146,8 +147,11 @@ class Model:
         for key, var in self.local.items():
             self.m.add_hint(var, alloc.local.get(key, 0))
 
-    def solve(self, time_s: float, seed: int, workers: int = 1) -> tuple[Solved | None, str]:
+    def solve(self, work: float, time_s: float, seed: int, workers: int = 1) -> tuple[Solved | None, str]:
+        """Solve with `work` units of CP-SAT's deterministic time (the answer depends on it, not on the
+        machine's speed) and `time_s` of wall clock as a safety limit; notes["cut"] says which stopped it."""
         solver = cp_model.CpSolver()
+        solver.parameters.max_deterministic_time = max(work, 0.01)
         solver.parameters.max_time_in_seconds = max(time_s, 0.01)
         solver.parameters.num_workers = workers
         solver.parameters.random_seed = seed
@@ -164,12 +168,19 @@ class Model:
         alloc = Allocation(counts, cross, local)
         value = evaluate(self.problem, alloc)
         bound = float(solver.best_objective_bound)
-        return Solved(alloc, value, "cpsat", seconds, bound, status == cp_model.OPTIMAL, first.first,
-                      {"status": name, "conflicts": float(solver.num_conflicts)}), name
+        notes: dict[str, float | str] = {"status": name, "conflicts": float(solver.num_conflicts),
+                                         "work": float(solver.deterministic_time)}
+        if status != cp_model.OPTIMAL:
+            notes["cut"] = "work" if solver.deterministic_time >= 0.99 * work else "wall_clock"
+        return Solved(alloc, value, "cpsat", seconds, bound, status == cp_model.OPTIMAL, first.first, notes), name
+
+
+RUNNER_UP_WORK = 0.25  # of the winner's solver work each runner-up solve gets
 
 
 def solve_top(problem: Problem, budget: Budget, top: int, hint: Allocation | None = None) -> list[Solved]:
-    """The best allocation and up to `top - 1` runner-ups with other config choices, within the budget."""
+    """The best allocation and up to `top - 1` runner-ups with other config choices: the winner gets
+    `budget.solver_work`, each runner-up a quarter of it; `budget.time_s` bounds the wall clock of all."""
     started = time.monotonic()
     model = Model(problem)
     out: list[Solved] = []
@@ -179,9 +190,8 @@ def solve_top(problem: Problem, budget: Budget, top: int, hint: Allocation | Non
             break
         if rank == 0 and hint is not None:
             model.hint(hint)
-        # the winner gets most of the budget; each runner-up a share of what is left
-        share = (0.7 if top > 1 else 1.0) if rank == 0 else 1.0 / (top - rank)
-        solved, _ = model.solve(left * share, budget.seed)
+        work = budget.solver_work * (1.0 if rank == 0 else RUNNER_UP_WORK)
+        solved, _ = model.solve(work, left, budget.seed)
         if solved is None:
             break
         out.append(solved)

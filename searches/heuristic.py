@@ -5,9 +5,9 @@
   prefill and decode, so most domains hold both and ship KV cache over their scale-up link.
 - `greedy` picks the configs with the best goodput per device in each pool and adds instances to
   whichever pool binds (rate matching) until the cluster is full or the target is met.
-- `anneal` (simulated annealing, seeded, time-limited) walks from the greedy start: swap a pool's
-  layout, add or remove an instance, open or close a pool; worse moves pass with probability
-  exp(-loss / T) as T cools.
+- `anneal` (simulated annealing, seeded, a fixed number of moves; wall clock only as a safety
+  limit) walks from the greedy start: swap a pool's layout, add or remove an instance, open or
+  close a pool; worse moves pass with probability exp(-loss / T) as T cools.
 - `rule_of_thumb` is what people deploy without a planner: the largest TP inside a node, pipeline
   stages only when the model does not fit, replicas for the rest.
 """
@@ -182,7 +182,10 @@ def anneal(problem: Problem, budget: Budget, top: int, start: dict[int, int] | N
                 scale = max(scale, abs(s))
     seconds = time.monotonic() - started
     ranked = sorted(best.values(), key=lambda t: -t[0])[:top]
-    return [Solved(a, v, "heuristic", seconds, first_feasible_s=first, notes={"steps": float(steps)})
+    notes: dict[str, float | str] = {"steps": float(steps)}
+    if max_steps is not None and steps < max_steps and pools:
+        notes["cut"] = "wall_clock"
+    return [Solved(a, v, "heuristic", seconds, first_feasible_s=first, notes=notes)
             for _, a, v in ranked]
 
 
@@ -210,9 +213,9 @@ def _neighbour(problem: Problem, state: dict[int, int], pools: list[list[int]],
 
 @register("heuristic")
 def heuristic(problem: Problem, budget: Budget, top: int) -> list[Solved]:
-    """Greedy construction, then simulated annealing from it for the rest of the budget."""
+    """Greedy construction, then `budget.steps` moves of simulated annealing from it."""
     start = greedy(problem)
-    found = anneal(problem, budget, top, start.allocation.instances(problem) if start else None)
+    found = anneal(problem, budget, top, start.allocation.instances(problem) if start else None, budget.steps)
     if start is not None:
         found.append(Solved(start.allocation, start.value, "heuristic", start.seconds,
                             first_feasible_s=start.first_feasible_s))

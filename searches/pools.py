@@ -4,12 +4,14 @@
 1. the rule-of-thumb layout of each group is evaluated first, so a feasible plan (the baseline)
    exists within a second or two whatever the space;
 2. the per-instance capacity table - every layout in every role the modes need - is computed in
-   parallel (joblib, or Ray) until its share of the budget is spent: prefill and decode rows first
-   (cheap), then aggregated rows in order of an optimistic bound (an aggregated instance carries
-   no more than the same layout does as a pure decode or pure prefill instance), so what the
-   budget leaves out is the least promising;
+   parallel (joblib, or Ray): prefill and decode rows first (cheap), then aggregated rows in order
+   of an optimistic bound (an aggregated instance carries no more than the same layout as a pure
+   decode instance). A row whose bound cannot beat the best aggregated plan found so far is pruned
+   (the bound proves it cannot win); `Budget.rows` caps the rows (a work budget: the same answer
+   on any machine), and the wall clock (`Budget.time_s`) is only a safety limit, reported in
+   `stats["cut"]` when it bites;
 3. one `Problem` per mode is solved with the chosen strategy; the LP relaxation, with the
-   optimistic bound standing in for rows left out, bounds the optimum honestly.
+   optimistic bound standing in for rows pruned or left out, bounds the optimum over every layout.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 from costmodel.disagg import RoleCapacity
 from costmodel.layout import Layout
-from searches.allocate import Solved, allocate, space_size
+from searches.allocate import Solved, allocate
 from searches.base import Budget
 from searches.heuristic import greedy, rule_of_thumb
 from searches.lp import relax
@@ -30,7 +32,6 @@ from searches.placement import UNIT_RPS, Config, Goal, GroupShape, Problem, plac
 
 Item = tuple[int, Layout, str]  # (variant index, layout, role)
 CapacityFn = Callable[[Item], RoleCapacity]
-TABLE_SHARE = 0.6  # of the budget the capacity table may use before the solvers get the rest
 OPTIMISM = 1.05  # slack on the optimistic bound (the goodput bisection stops within 1%)
 
 
@@ -75,33 +76,95 @@ def problem_of(rows: Sequence[Row], variants: Sequence[Variant], groups: tuple[G
     return Problem(groups, tuple(c for c in configs if c.rate > 0 and placeable(c, groups[c.group])), mode, goal)
 
 
-def _optimistic(rows: Sequence[Row], skipped: Sequence[Item], variants: Sequence[Variant]) -> list[Config]:
-    """Stand-ins for aggregated rows left out: the same layout's pure-decode or pure-prefill rate, if lower."""
-    by = {(r.variant, r.layout, r.role): r.cap for r in rows}
+def _optimistic(skipped: Sequence[Item], bounds: dict[tuple[int, Layout], float],
+                variants: Sequence[Variant]) -> list[Config]:
+    """Stand-ins at their optimistic bound for aggregated rows left out or pruned (for the LP bound)."""
     out = []
     for vi, lay, _ in skipped:
-        pre, dec = by.get((vi, lay, "prefill")), by.get((vi, lay, "decode"))
-        rates = [c.rate_rps for c in (pre, dec) if c is not None]
-        if not rates or min(rates) <= 0:
-            continue
-        rate = scaled(min(rates) * OPTIMISM)
-        out.append(Config("agg", variants[vi].group, lay, rate, rate, 0.0, "optimistic", "", variants[vi].tag))
+        rate = scaled(bounds.get((vi, lay), 0.0))
+        if rate > 0:
+            out.append(Config("agg", variants[vi].group, lay, rate, rate, 0.0, "optimistic", "", variants[vi].tag))
     return out
 
 
-def _agg_order(items: list[Item], rows: Sequence[Row]) -> list[Item]:
-    by = {(r.variant, r.layout, r.role): r.cap.rate_rps for r in rows}
+def _bounds(rows: Sequence[Row]) -> dict[tuple[int, Layout], float]:
+    """Optimistic per-instance rate of each layout's aggregated row: the same layout's pure-decode rate,
+    with slack. An aggregated instance's decode steps also carry prefill, so its largest batch meeting
+    TPOT (and the KV cache) is no larger and no faster than a pure decode instance's; OPTIMISM covers
+    the bisection's tolerance. Without a decode row (osl = 1) there is no bound."""
+    return {(r.variant, r.layout): r.cap.rate_rps * OPTIMISM for r in rows
+            if r.role == "decode" and r.cap.binding != "osl"}
 
-    def bound(it: Item) -> float:
-        vi, lay, _ = it
-        rates = [by[(vi, lay, role)] for role in ("prefill", "decode") if (vi, lay, role) in by]
-        return (min(rates) if rates else math.inf) / lay.instance_devices
 
-    return sorted(items, key=lambda it: (-bound(it), it[1].instance_devices, it[1].label()))
+def _agg_order(items: list[Item], bounds: dict[tuple[int, Layout], float]) -> list[Item]:
+    def per_device(it: Item) -> float:
+        return bounds.get((it[0], it[1]), math.inf) / it[1].instance_devices
+
+    return sorted(items, key=lambda it: (-per_device(it), it[1].instance_devices, it[1].label()))
+
+
+def _prunable(item: Item, bounds: dict[tuple[int, Layout], float], incumbent: dict[int, float],
+              groups: tuple[GroupShape, ...], variants: Sequence[Variant], goal: Goal) -> bool:
+    """Whether an aggregated row provably cannot beat the best aggregated plan found so far: a pool
+    of its layout filling its whole group carries at most its optimistic per-device rate times the
+    group's devices. (Goodput goal only; minimisation goals keep every row.)"""
+    if goal.kind != "goodput":
+        return False
+    vi, lay, _ = item
+    g = groups[variants[vi].group]
+    best = bounds.get((vi, lay), math.inf) / lay.instance_devices * g.num_devices
+    return best < incumbent.get(variants[vi].group, 0.0)
+
+
+def _incumbent(rows: Sequence[Row], variants: Sequence[Variant], groups: tuple[GroupShape, ...],
+               goal: Goal) -> dict[int, float]:
+    """Goodput (req/s) per device group of the greedy aggregated plan over the rows so far."""
+    p = problem_of(rows, variants, groups, "agg", Goal("goodput"))
+    found = greedy(p) if p.configs else None
+    out: dict[int, float] = {}
+    if found is not None:
+        for i, n in found.allocation.instances(p).items():
+            c = p.configs[i]
+            out[c.group] = out.get(c.group, 0.0) + c.rate * n * UNIT_RPS
+    return out
+
+
+class _Table:
+    """The capacity table as it fills: rows, what the work budget and the wall clock left out, progress."""
+
+    def __init__(self, capacity: CapacityFn, budget: Budget, deadline: float,
+                 progress: Callable[[int, int], None] | None, total: int) -> None:
+        self.capacity, self.budget, self.deadline, self.progress = capacity, budget, deadline, progress
+        self.total = total
+        self.rows: list[Row] = []
+        self.left_by_work: list[Item] = []
+        self.left_by_clock: list[Item] = []
+
+    def room(self) -> int | None:
+        return None if self.budget.rows is None else max(self.budget.rows - len(self.rows), 0)
+
+    def add(self, items: Sequence[Item]) -> None:
+        room = self.room()
+        take = list(items) if room is None else list(items[:room])
+        self.left_by_work += list(items[len(take):])
+        if time.monotonic() > self.deadline:
+            self.left_by_clock += take
+            return
+        chunk = max(4 * self.budget.n_jobs, 8)
+        for start in range(0, len(take), chunk):
+            part = take[start:start + chunk]
+            got = parallel_map(self.capacity, part, self.budget.n_jobs, self.budget.backend)
+            self.rows += [Row(vi, lay, role, cap) for (vi, lay, role), cap in zip(part, got, strict=True)]
+            if self.progress is not None:
+                self.progress(len(self.rows), self.total)
+            if time.monotonic() > self.deadline:
+                self.left_by_clock += take[start + chunk:]
+                return
 
 
 def run(groups: tuple[GroupShape, ...], variants: Sequence[Variant], capacity: CapacityFn, modes: Sequence[str],
-        goal: Goal, strategy: str, budget: Budget, top: int = 3) -> PoolSearch:
+        goal: Goal, strategy: str, budget: Budget, top: int = 3,
+        progress: Callable[[int, int], None] | None = None) -> PoolSearch:
     """Tables, baseline, and the `top` best allocations per mode (see the module docstring)."""
     started = time.monotonic()
     deadline = started + budget.time_s
@@ -118,43 +181,64 @@ def run(groups: tuple[GroupShape, ...], variants: Sequence[Variant], capacity: C
     baseline_problem = problem_of(rows, variants, groups, "agg", goal)
     baseline = greedy(baseline_problem) if baseline_problem.configs else None
     first = time.monotonic() - started if baseline is not None else None
-    # 2. capacity tables
-    table_deadline = started + TABLE_SHARE * budget.time_s
+    # 2. capacity tables: prefill and decode rows, then aggregated rows by optimistic bound, pruned by it
     fast = [(vi, lay, role) for role in ("prefill", "decode") for vi, v in enumerate(variants) for lay in v.layouts]
-    got_fast = parallel_map(capacity, fast, budget.n_jobs, budget.backend, table_deadline)
-    rows += [Row(vi, lay, role, cap) for (vi, lay, role), cap in zip(fast, got_fast, strict=False)]
-    fast_skipped = len(fast) - len(got_fast)  # prefill/decode rows the budget left out (not covered by the LP bound)
-    skipped: list[Item] = []
-    if "agg" in modes:
-        slow = _agg_order([(vi, lay, "agg") for vi, v in enumerate(variants) for lay in v.layouts
-                           if (vi, lay, "agg") not in done], rows)
-        got = parallel_map(capacity, slow, budget.n_jobs, budget.backend, table_deadline)
-        rows += [Row(vi, lay, role, cap) for (vi, lay, role), cap in zip(slow, got, strict=False)]
-        skipped = slow[len(got):]
+    slow = [(vi, lay, "agg") for vi, v in enumerate(variants) for lay in v.layouts
+            if "agg" in modes and (vi, lay, "agg") not in done]
+    table = _Table(capacity, budget, deadline, progress, len(rows) + len(fast) + len(slow))
+    table.rows = rows
+    table.add(fast)
+    pd_left = len(table.left_by_work) + len(table.left_by_clock)
+    bounds = _bounds(table.rows)
+    pruned: list[Item] = []
+    if slow:
+        order = _agg_order(slow, bounds)
+        step = max(4 * budget.n_jobs, 8)
+        for start in range(0, len(order), step):
+            incumbent = _incumbent(table.rows, variants, groups, goal)
+            part = [it for it in order[start:start + step] if not _prunable(it, bounds, incumbent, groups,
+                                                                               variants, goal)]
+            pruned += [it for it in order[start:start + step] if it not in part]
+            table.add(part)
+    rows = table.rows
+    skipped = table.left_by_work + table.left_by_clock
     table_s = time.monotonic() - started
     # 3. solve each mode
     problems = {m: problem_of(rows, variants, groups, m, goal) for m in modes}
     solved: dict[str, list[Solved]] = {}
     stats: dict[str, float | str | None] = {"table_s": round(table_s, 3), "rows": float(len(rows)),
-                                            "rows_skipped": float(len(skipped) + fast_skipped),
-                                            "pd_rows_skipped": float(fast_skipped), "first_feasible_s": first}
-    for n, m in enumerate(modes):
+                                            "rows_pruned": float(len(pruned)),
+                                            "rows_skipped": float(len(skipped)),
+                                            "pd_rows_skipped": float(pd_left), "first_feasible_s": first}
+    cuts: list[str] = []
+    if table.left_by_clock:
+        cuts.append(f"the wall-clock limit ({budget.time_s:g} s) stopped the capacity table with "
+                    f"{len(table.left_by_clock)} rows left out")
+    if table.left_by_work:
+        cuts.append(f"the row budget ({budget.rows}) left {len(table.left_by_work)} rows out")
+    for m in modes:
         p = problems[m]
-        left = max((deadline - time.monotonic()) / (len(modes) - n), 0.05)
-        name = strategy
-        if strategy == "auto":
-            name = "exhaustive" if space_size(p) <= 20_000 else "cpsat"
+        left = max(deadline - time.monotonic(), 0.05)
         offset = time.monotonic() - started
-        solved[m] = allocate(p, Budget(left, budget.seed, budget.n_jobs, budget.backend), name, top) \
-            if p.configs else []
-        stats[f"{m}_strategy"] = name
+        solved[m] = allocate(p, Budget(left, budget.seed, budget.n_jobs, budget.backend, budget.rows,
+                                       budget.solver_work, budget.steps), strategy, top) if p.configs else []
+        stats[f"{m}_strategy"] = strategy
         stats[f"{m}_solve_s"] = round(time.monotonic() - started - offset, 3)
         if solved[m]:
             best = solved[m][0]
             at = offset + (best.first_feasible_s if best.first_feasible_s is not None else best.seconds)
             first = at if first is None else min(first, at)
             stats[f"{m}_gap"] = best.gap(p)
-        stats[f"{m}_lp_bound_rps"] = _lp_bound_rps(p, _optimistic(rows, skipped, variants) if m == "agg" else [])
+            cut = best.notes.get("cut")
+            if cut:
+                what = "wall-clock limit" if cut == "wall_clock" else "solver work budget"
+                gap = stats[f"{m}_gap"]
+                cuts.append(f"the {what} stopped the {m} solve before it proved the optimum"
+                            + (f" (proven gap {gap * 100:.2f}%)" if isinstance(gap, float) else ""))
+        stats[f"{m}_lp_bound_rps"] = _lp_bound_rps(p, _optimistic([it for it in skipped + pruned if it[2] == "agg"],
+                                                              bounds, variants) if m == "agg" else [])
+    stats["lp_bound_covers"] = "every layout" if not pd_left else "the layouts evaluated"
+    stats["cut"] = "; ".join(cuts) if cuts else None
     stats["first_feasible_s"] = None if first is None else round(first, 3)
     stats["seconds"] = round(time.monotonic() - started, 3)
     return PoolSearch(problems, solved, rows, baseline, baseline_problem, stats)

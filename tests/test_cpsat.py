@@ -79,15 +79,24 @@ def _big_problem() -> Problem:
     return Problem((g,), tuple(c for c in configs if placeable(c, g)), "disagg", Goal("goodput"))
 
 
-def test_time_limit_returns_best_found_with_a_bound():
+def test_work_limit_returns_best_found_with_a_bound_and_says_it_cut():
     p = _big_problem()
     model = Model(p)
     model.hint(greedy(p).allocation)  # a feasible start, as the cpsat strategy gives it
-    solved = model.solve(time_s=0.2, seed=0)[0]
+    solved = model.solve(work=0.02, time_s=600, seed=0)[0]
     assert solved is not None and solved.value.feasible
     assert solved.bound is not None and solved.bound >= solved.value.objective
     gap = solved.gap(p)
     assert gap is not None and 0 <= gap < 1
+    assert solved.optimal or solved.notes["cut"] == "work"
+
+
+def test_a_cut_short_solve_is_the_same_twice():
+    """A deterministic-time limit, not the wall clock, decides where CP-SAT stops."""
+    p = _big_problem()
+    a = solve_top(p, Budget(time_s=600, seed=3, solver_work=0.05), 2)
+    b = solve_top(p, Budget(time_s=600, seed=3, solver_work=0.05), 2)
+    assert [(s.allocation, s.value) for s in a] == [(s.allocation, s.value) for s in b]
 
 
 def _tp_groups_stay_in_domains(clu: Cluster, p: Problem, alloc: Allocation) -> None:

@@ -96,18 +96,23 @@ def test_plan_ranks_aggregated_and_disaggregated_plans_together():
     assert r.search["agg_gap"] == 0 and r.search["disagg_gap"] == 0
 
 
-def test_old_search_strategy_keyword_and_every_search_agree_on_feasibility():
+def test_every_search_agrees_on_feasibility_and_auto_matches_cpsat():
     kw = {"slo": {"ttft_ms": 1000, "tpot_ms": 50}, "workload": {"isl": 1024, "osl": 128, "rate_rps": 30}}
     best = {}
-    for name in ("cpsat", "lp", "heuristic", "auto"):  # exhaustive with agg alone is today's layout ranking
-        # the heuristic anneals for its whole budget; the others stop once solved
-        r = plan("llama-3.1-8b", "dgx-h100", modes=("agg",), search=name, budget_s=8 if name == "heuristic" else 60,
-                 **kw)
+    for name in ("cpsat", "lp", "heuristic", "auto", "exhaustive"):
+        r = plan("llama-3.1-8b", "dgx-h100", modes=("agg",), search=name, budget_s=60, **kw)
         assert r.best.metrics["goodput_rps"] >= 30 and r.search["goal"] == "devices"
         best[name] = r.best.devices
-    assert best["cpsat"] == best["auto"] <= min(best["lp"], best["heuristic"])
-    old = plan("llama-3.1-8b", "dgx-h100", search_strategy="cpsat", budget_s=60, **kw)
-    assert old.best.devices == best["cpsat"]
+    assert best["cpsat"] == best["auto"] == best["exhaustive"] <= min(best["lp"], best["heuristic"])
+
+
+def test_default_plan_weighs_aggregated_against_disaggregated():
+    r = plan("llama-3.1-8b", "dgx-h100", slo={"ttft_ms": 600, "tpot_ms": 25},
+             workload={"isl": 2048, "osl": 256, "concurrency": 64})
+    assert r.search["modes"] == ["agg", "disagg"] and r.search["strategy"] == "auto"
+    assert {p.mode for p in r.plans} == {"agg", "disagg"}
+    with pytest.raises(TypeError):
+        plan("llama-3.1-8b", "dgx-h100", search_strategy="cpsat")  # one parameter for the strategy: `search`
 
 
 def test_infeasible_pool_plans_say_what_binds():

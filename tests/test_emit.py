@@ -26,9 +26,9 @@ FLAG_FILES = {"vllm": "vllm-0.11.yaml", "sglang": "sglang-0.5.yaml", "trtllm": "
 
 
 @pytest.fixture(scope="module")
-def dense():  # one-node instances, two replicas per node
+def dense():  # one-node instances, two replicas per node (aggregated: plan weighs disagg too by default)
     return plan("llama-3.1-8b", "dgx-h100", slo={"ttft_ms": 1000, "tpot_ms": 50},
-                workload={"isl": 1024, "osl": 256, "concurrency": 64}, budget_s=20)
+                workload={"isl": 1024, "osl": 256, "concurrency": 64}, budget_s=20, modes=("agg",))
 
 
 @pytest.fixture(scope="module")

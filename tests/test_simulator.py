@@ -245,17 +245,26 @@ def test_cli_simulate(tmp_path, capsys):
 
 def test_plan_simulate_top_reranks_only_the_best_k():
     kw = {"slo": {"ttft_ms": 2000, "tpot_ms": 60}, "workload": {"isl": 1000, "osl": 200, "rate_rps": 20},
-          "precision": "fp8"}
+          "precision": "fp8", "goal": "goodput"}
     with pytest.raises(PlannerInputError, match="simulate_top"):
         plan("llama-3.1-8b", "dgx-h100", simulate_top=-1, **kw)
-    r = plan("llama-3.1-8b", "dgx-h100", simulate_top=2, **kw)
-    assert r.search["simulated"] == 2 and len(r.plans) > 2
-    top, rest = r.plans[:2], r.plans[2:]
-    assert all(p.metrics["sim_goodput_rps_per_instance"] > 0 and "sim_ttft_p99_ms" in p.metrics for p in top)
-    assert [p.score for p in top] == [p.metrics["sim_score"] for p in top]
-    assert top[0].score >= top[1].score  # both carry the 20 req/s here, so the simulated score orders them
-    assert all("sim_score" not in p.metrics for p in rest)
-    assert [p.score for p in rest] == sorted((p.score for p in rest), reverse=True)  # analytic order kept
+    analytic = plan("llama-3.1-8b", "dgx-h100", **kw)
+    r = plan("llama-3.1-8b", "dgx-h100", simulate_top=3, **kw)
+    assert r.search["simulated"] == 3 and len(r.plans) > 3
+    top, rest = r.plans[:3], r.plans[3:]
+    assert [p.label() for p in rest] == [p.label() for p in analytic.plans[3:]]  # below K: the analytic order
+    assert {p.label() for p in top} == {p.label() for p in analytic.plans[:3]}
+    agg = [p for p in top if p.mode == "agg"]
+    assert agg and all(p.metrics["sim_goodput_rps"] > 0 and "sim_ttft_p99_ms" in p.metrics for p in agg)
+    goodputs = [p.metrics["sim_goodput_rps"] for p in agg]
+    assert goodputs == sorted(goodputs, reverse=True)  # aggregated plans re-rank among their slots
+    for p, q in zip(top, analytic.plans[:3], strict=True):  # a disaggregated plan (no simulator) keeps its slot
+        assert (p.mode == "disagg") == (q.mode == "disagg")
+        if p.mode == "disagg":
+            assert p.label() == q.label() and "sim_goodput_rps" not in p.metrics
+    assert all("sim_goodput_rps" not in p.metrics for p in rest)
+    if len(agg) > 1 and agg[0].rank + 1 == agg[1].rank:
+        assert "more simulated goodput" in agg[0].why  # like compared with like
 
 
 def test_scheduler_defaults_follow_the_engine():

@@ -136,6 +136,20 @@ def device_roles(layout: Mapping[str, int], replicas: int, devices: int) -> list
     return roles
 
 
+def placed_roles(plan: Mapping[str, Any], group: int, devices: int) -> list[dict[str, int] | None]:
+    """Role of each device of node group `group` from a pool plan's concrete placement: instances
+    numbered in placement order, each laid out stage-major with its own pool's layout."""
+    pools = {p["role"]: p.get("layout_fields", {}) for p in plan.get("pools", ())}
+    roles: list[dict[str, int] | None] = [None] * devices
+    for r, inst in enumerate(x for x in plan["placement"] if int(x.get("group", 0)) == group):
+        lay = pools.get(inst["role"], plan.get("layout", {}))
+        within = device_roles(lay, 1, len(inst["devices"]))
+        for d, role in zip(inst["devices"], within, strict=True):
+            if 0 <= d < devices and role is not None:
+                roles[d] = {**role, "replica": r}
+    return roles
+
+
 def cluster_layout(shape: Sequence[Mapping[str, Any]], plan: Mapping[str, Any]) -> str:
     """The plan's instances drawn onto its node group's devices, node by node."""
     group = next((g for g in shape if g.get("accelerator") == plan.get("device")), shape[0] if shape else None)
@@ -143,7 +157,8 @@ def cluster_layout(shape: Sequence[Mapping[str, Any]], plan: Mapping[str, Any]) 
         return "<p>(cluster shape unknown: plans.json predates it)</p>"
     per_node, nodes = int(group["devices_per_node"]), int(group["num_nodes"])
     layout = plan.get("layout", {})
-    roles = device_roles(layout, int(plan.get("replicas", 1)), per_node * nodes)
+    roles = (placed_roles(plan, shape.index(group), per_node * nodes) if plan.get("placement")
+             else device_roles(layout, int(plan.get("replicas", 1)), per_node * nodes))
     cell, gap, pad = 30, 4, 8
     per_row = max(1, min(nodes, 4 if per_node <= 8 else 2))
     node_w = pad * 2 + per_node * (cell + gap) - gap
