@@ -191,7 +191,8 @@ def test_verify_with_the_endpoint_runner(server: Server, tmp_path) -> None:
     from planner.api import plan
     from planner.cli import main
 
-    r = plan("llama-3.1-8b", "dgx-h100", slo={"tpot_ms": 100}, workload={"isl": 32, "osl": 5, "concurrency": 2})
+    r = plan("llama-3.1-8b", "dgx-h100", slo={"tpot_ms": 100}, workload={"isl": 32, "osl": 5, "concurrency": 2},
+             modes=("agg",))  # the endpoint runner verifies aggregated plans
     r.save(tmp_path)
     code = main(["verify", str(tmp_path), "--top", "2", "--runner", "endpoint", "--endpoint",
                  f"{server.url},{server.url}", "--requests", "6", "--json"])
@@ -209,7 +210,7 @@ def test_endpoint_runner_needs_one_url_per_plan(tmp_path, capsys) -> None:
     from planner.api import plan
     from planner.cli import main
 
-    plan("llama-3.1-8b", "dgx-h100", workload={"isl": 32, "osl": 5, "concurrency": 2}).save(tmp_path)
+    plan("llama-3.1-8b", "dgx-h100", workload={"isl": 32, "osl": 5, "concurrency": 2}, modes=("agg",)).save(tmp_path)
     code = main(["verify", str(tmp_path), "--top", "2", "--runner", "endpoint", "--endpoint", "http://127.0.0.1:1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "one --endpoint URL per verified plan" in err[0]

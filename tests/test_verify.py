@@ -128,14 +128,14 @@ def test_sharded_layouts_compute_what_one_process_does(torch, name: str, layouts
 def test_plan_then_verify_on_this_machine(torch, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plans = home / "plans"
     assert main(["plan", "--model", "tiny-llama", "--cluster", "local", "--isl", "16", "--osl", "6",
-                 "--concurrency", "4", "--out", str(plans), "--json"]) == 0
+                 "--concurrency", "4", "--modes", "agg", "--out", str(plans), "--json"]) == 0
     err = capsys.readouterr().err
     assert err.count("has not been measured on this machine") == 1  # uncalibrated, and it says so once
     assert main(["verify", str(plans), "--top", "3", "--requests", "2", "--repeats", "1", "--json",
                  "--no-calibrate"]) == 0
     assert "has not been measured" in capsys.readouterr().err
     rep = json.loads((plans / "verify.json").read_text())
-    assert {p["label"].split(" ")[0] for p in rep["plans"]} == {"tp1", "tp2", "tp1-pp2"}  # DP, TP, PP over 2
+    assert {p["label"].split(" ")[1] for p in rep["plans"]} == {"tp1", "tp2", "tp1-pp2"}  # "2A tp1 on ..."
     for p in rep["plans"]:
         assert p["as_planned"] and p["devices"] == 2, p
         assert p["measured"]["tpot_ms"] > 0 and p["measured"]["output_tok_s"] > 0 and not p["measured"]["error"]
@@ -154,7 +154,7 @@ def test_plan_then_verify_on_this_machine(torch, home: Path, capsys: pytest.Capt
 def test_a_plan_for_another_cluster_runs_as_a_scaled_copy(torch, home: Path) -> None:
     from planner.api import plan
 
-    plan("tiny-llama", "dgx-h100", workload={"isl": 16, "osl": 4, "concurrency": 2}).save(home / "p")
+    plan("tiny-llama", "dgx-h100", workload={"isl": 16, "osl": 4, "concurrency": 2}, modes=("agg",)).save(home / "p")
     assert main(["verify", str(home / "p"), "--top", "1", "--layers", "2", "--requests", "2", "--repeats", "1",
                  "--json"]) == 0
     row = json.loads((home / "p" / "verify.json").read_text())["plans"][0]
