@@ -24,7 +24,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _plan(out: Path, load: list[str], *extra: str) -> None:
     assert main(["plan", "--model", "tiny-llama", "--cluster", "local", "--isl", "16", "--osl", "6", *load,
-                 "--out", str(out), "--json", *extra]) == 0
+                 "--modes", "agg", "--out", str(out), "--json", *extra]) == 0  # verify runs aggregated plans
 
 
 def _verify(plans: Path) -> dict:
