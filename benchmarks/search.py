@@ -1,14 +1,18 @@
 """Search strategies against each other on the allocation problems `plan(modes=..., search=...)` solves.
 
 Medium instances (Llama-3.1-70B and Qwen3-235B-A22B, FP8, on dgx-h100x4, agg and disagg): the
-capacity table is built once (timed apart), then exhaustive enumeration and CP-SAT solve the same
-problem; printed: both times, CP-SAT's objective gap to the exhaustive optimum, the speed-up, and
-the winner's goodput over the rule-of-thumb baseline's. Large instances (DeepSeek-R1 on
+capacity table is built once (timed apart), then exhaustive enumeration, CP-SAT and auto solve the
+same problem; printed: the times as ratios against CP-SAT, auto's and CP-SAT's objective against
+the exhaustive optimum, and the winner's goodput over the rule-of-thumb baseline's. Targets: the
+whole default `plan()` (agg + disagg, auto) for Qwen3-235B on dgx-h100x4, Llama-3.1-70B on
+dgx-h100x2 and DeepSeek-R1 on cloudmatrix384: seconds, gap to the proven bound, the rule of thumb.
+Large instances (DeepSeek-R1 on
 cloudmatrix384, Llama-3.1-405B on gb200-nvl72x2, a mixed H100 + A100 fleet): the whole budgeted
 search, printed: time to the first feasible plan, total time, CP-SAT's own gap, and the gap to the
 LP bound (which also covers table rows the budget left out).
 
-    python benchmarks/search.py [--medium-only | --large-only] [--budget-s 55] [--exhaustive-cap-s 600]
+    python benchmarks/search.py [--medium-only | --targets-only | --large-only] [--budget-s 55]
+        [--exhaustive-cap-s 600]
 """
 
 from __future__ import annotations
@@ -51,28 +55,46 @@ def search(name: str, clu: Cluster, prec: str, modes: tuple[str, ...], strategy:
 
 
 def medium(cap_s: float) -> None:
-    print("medium: table once, then exhaustive vs CP-SAT on the same problem (goal: cluster goodput)")
-    print(f"{'model':18} {'mode':6} {'configs':>7} {'table s':>8} {'exh s':>8} {'cpsat s':>8} {'gap %':>6} "
-          f"{'speed-up':>9}  winner")
+    print("medium: table once, then exhaustive, CP-SAT and auto on the same problem (goal: cluster goodput)")
+    print(f"{'model':18} {'mode':6} {'configs':>7} {'cpsat s':>8} {'exh/cpsat':>9} {'auto/cpsat':>10} "
+          f"{'cpsat gap %':>11} {'auto gap %':>10}  winner")
     for name in ("llama-3.1-70b", "qwen3-235b-a22b"):
-        found = search(name, cluster("dgx-h100x4"), "fp8", ("agg", "disagg"), "cpsat", 600)
+        found = search(name, cluster("dgx-h100x4"), "fp8", ("agg", "disagg"), "lp", 600)
         best_goodput = 0.0
         for mode, p in found.problems.items():
-            t = time.monotonic()
-            exh = allocate(p, Budget(time_s=cap_s), "exhaustive", top=1)
-            t_exh = time.monotonic() - t
-            t = time.monotonic()
-            cp = allocate(p, Budget(time_s=60, seed=0), "cpsat", top=1)
-            t_cp = time.monotonic() - t
-            opt, got = exh[0].value.goodput, cp[0].value.goodput
-            done = "" if exh[0].optimal else " (exhaustive stopped at the cap)"
-            best_goodput = max(best_goodput, got * UNIT_RPS)
-            print(f"{name:18} {mode:6} {len(p.configs):7d} {found.stats['table_s']:8.1f} {t_exh:8.2f} {t_cp:8.2f} "
-                  f"{(opt - got) / opt * 100 if opt else 0:6.2f} {t_exh / t_cp:8.1f}x  "
-                  f"{got * UNIT_RPS:.2f} req/s{done}")
+            times, got = {}, {}
+            for strategy, budget in (("exhaustive", Budget(time_s=cap_s)), ("cpsat", Budget(time_s=600)),
+                                     ("auto", Budget(time_s=600))):
+                t = time.monotonic()
+                sol = allocate(p, budget, strategy, top=1)
+                times[strategy], got[strategy] = time.monotonic() - t, sol[0]
+            opt = got["exhaustive"].value.goodput
+            done = "" if got["exhaustive"].optimal else " (exhaustive stopped at the cap)"
+            best_goodput = max(best_goodput, got["auto"].value.goodput * UNIT_RPS)
+            gap = {k: (opt - got[k].value.goodput) / opt * 100 if opt else 0.0 for k in ("cpsat", "auto")}
+            print(f"{name:18} {mode:6} {len(p.configs):7d} {times['cpsat']:8.2f} "
+                  f"{times['exhaustive'] / times['cpsat']:8.1f}x {times['auto'] / times['cpsat']:9.2f}x "
+                  f"{gap['cpsat']:11.2f} {gap['auto']:10.2f}  {got['auto'].value.goodput * UNIT_RPS:.2f} req/s{done}")
         base = found.baseline.value.goodput * UNIT_RPS if found.baseline else 0.0
         print(f"{name:18} baseline (rule of thumb) {base:.2f} req/s; winner / baseline = "
               f"{best_goodput / base if base else float('nan'):.2f}x")
+
+
+def targets() -> None:
+    from planner import plan
+
+    print("targets: the default plan() (agg + disagg, auto), FP8/INT8, 2048/256 tokens, TTFT 1 s, TPOT 50 ms")
+    print(f"{'instance':34} {'seconds':>8} {'rows':>5} {'pruned':>6} {'gap %':>6} {'x rule':>7}  best")
+    for name, clu, prec in (("qwen3-235b-a22b", "dgx-h100x4", "fp8"), ("llama-3.1-70b", "dgx-h100x2", "fp8"),
+                            ("deepseek-r1", "cloudmatrix384", "int8")):
+        t = time.monotonic()
+        r = plan(name, clu, slo={"ttft_ms": 1000, "tpot_ms": 50}, workload={"isl": 2048, "osl": 256, "rate_rps": 1.0},
+                 precision=prec, goal="goodput")
+        s = r.search
+        gaps = [s[f"{m}_gap"] for m in s["modes"] if s.get(f"{m}_gap") is not None]
+        print(f"{name + ' on ' + clu:34} {time.monotonic() - t:8.1f} {int(s['rows']):5d} {int(s['rows_pruned']):6d} "
+              f"{max(gaps) * 100 if gaps else float('nan'):6.2f} {s.get('baseline_ratio', float('nan')):7.2f}  "
+              f"{r.best.label()} ({r.best.metrics['goodput_rps']:.2f} req/s){' CUT: ' + s['cut'] if s['cut'] else ''}")
 
 
 def large(budget_s: float) -> None:
@@ -98,13 +120,16 @@ def large(budget_s: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--medium-only", action="store_true")
+    ap.add_argument("--targets-only", action="store_true")
     ap.add_argument("--large-only", action="store_true")
     ap.add_argument("--budget-s", type=float, default=55.0)
     ap.add_argument("--exhaustive-cap-s", type=float, default=600.0)
     a = ap.parse_args()
-    if not a.large_only:
+    if not (a.large_only or a.targets_only):
         medium(a.exhaustive_cap_s)
-    if not a.medium_only:
+    if not (a.medium_only or a.large_only):
+        targets()
+    if not (a.medium_only or a.targets_only):
         large(a.budget_s)
 
 

@@ -497,10 +497,15 @@ def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any
     objectives, variants = [], []
     for cap in caps:
         for gi, group in enumerate(clu.groups):
-            objectives.append(ServingObjective(spec, group, prec, _profile(group.device.name, profile), eng, wl, slo,
-                                               power_cap_w=cap, usd_per_device_hour=usd_per_device_hour))
-            variants.append(Variant(gi, "" if cap is None else f"{cap:g}W",
-                                    tuple(Space(spec, group, cross_domain_tp=cross_domain_tp).layouts())))
+            space = Space(spec, group, cross_domain_tp=cross_domain_tp)
+            for redundant, micro in space.knobs():  # EPLB slots and two-batch overlap (wide EP only)
+                objectives.append(ServingObjective(spec, group, prec, _profile(group.device.name, profile), eng, wl,
+                                                   slo, power_cap_w=cap, usd_per_device_hour=usd_per_device_hour,
+                                                   redundant_experts=redundant, micro_batches=micro))
+                knob = (f"r{redundant}" if redundant else "") + (f"mb{micro}" if micro > 1 else "")
+                tag = " ".join(t for t in ("" if cap is None else f"{cap:g}W", knob) if t)
+                layouts = space.layouts() if not redundant else space.redundant_layouts(redundant)
+                variants.append(Variant(gi, tag, tuple(layouts)))
     out_link = min((g.scaleout for g in clu.groups), key=lambda link: link.gbps)
     groups = shapes(clu, {g.device.name: usd_per_device_hour for g in clu.groups})
     target = scaled(wl.rate_rps) if kind != "goodput" and wl.rate_rps else 0
@@ -541,7 +546,16 @@ def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any
                "usd_per_device_hour": usd_per_device_hour, "cluster_shape": _cluster_shape(clu),
                "model_spec": spec.model_dump(),  # lets `planner verify` rebuild a model given by path or module
                **_profile_names(clu, profile)}
-    result = PlanResult(request=request, plans=plans, rejected=rejected, search=stats)
+    candidates = [{"role": r.role, "device": clu.groups[variants[r.variant].group].device.name,
+                   "layout": r.layout.label(), "layout_fields": r.layout.model_dump(),
+                   "redundant_experts": objectives[r.variant].redundant_experts,
+                   "micro_batches": objectives[r.variant].micro_batches,
+                   "power_cap_w": objectives[r.variant].power_cap_w, "feasible": r.cap.feasible,
+                   "rate_rps": r.cap.rate_rps, "binding": r.cap.binding, "detail": r.cap.detail,
+                   "metrics": {k: v for k, v in r.cap.metrics.items()
+                               if k in ("ttft_ms", "tpot_ms", "decode_batch", "running", "max_running")}}
+                  for r in found.rows]
+    result = PlanResult(request=request, plans=plans, rejected=rejected, search=stats, candidates=candidates)
     if not plans:
         raise InfeasibleError(_why_no_pool(spec.name, clu.name, found, rejected, slo, wl), result)
     return result
@@ -575,11 +589,21 @@ def _pool_plan(problem: Problem, solved: Solved, objectives: Sequence[ServingObj
     for i, n in sorted(inst.items(), key=lambda t: ("prefill", "agg", "decode").index(problem.configs[t[0]].role)):
         c = problem.configs[i]
         obj = objectives[variant_of[(c.group, c.tag)]]
+        knobs = (f"-r{obj.redundant_experts}" if obj.redundant_experts else "") + (
+            f"-mb{obj.micro_batches}" if obj.micro_batches > 1 else "")
+        per_rank = int(c.metrics.get("max_running", 0.0)) // max(c.layout.attention_dp, 1)
+        seqs = max(1, min(per_rank, obj.engine.max_num_seqs)) if per_rank else obj.engine.max_num_seqs
         pools.append({"role": c.role, "device": clu.groups[c.group].device.name,
-                      "layout": c.layout.model_copy(update={"dp": 1}).label(), "instances": n,
+                      "layout": c.layout.model_copy(update={"dp": 1}).label() + knobs, "instances": n,
                       "devices": n * c.devices, "rate_rps": c.rate * UNIT_RPS, "binding": c.binding,
-                      "detail": c.detail, "power_cap": c.tag, "layout_fields": c.layout.model_copy(
-                          update={"dp": 1}).model_dump(),
+                      "detail": c.detail, "power_cap": "" if obj.power_cap_w is None else f"{obj.power_cap_w:g}W",
+                      "layout_fields": c.layout.model_copy(update={"dp": 1}).model_dump(),
+                      "redundant_experts": obj.redundant_experts, "micro_batches": obj.micro_batches,
+                      # engine knobs an emitter sets for this pool: the sequences its KV cache admits
+                      # (per attention-DP rank), the token budget per iteration the plan was costed at
+                      "engine": {"max_num_seqs": seqs,
+                                 "max_num_batched_tokens": obj.engine.max_num_batched_tokens,
+                                 "chunked_prefill": obj.engine.chunked_prefill},
                       # sequences one instance runs at its rated load, and what its KV cache admits
                       "running": c.metrics.get("running", 0.0),
                       "max_running": c.metrics.get("max_running", 0.0)})

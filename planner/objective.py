@@ -31,6 +31,8 @@ class ServingObjective:
     slo: SLO
     power_cap_w: float | None = None  # board power limit every device of the plan runs at
     usd_per_device_hour: float = 1.0  # price for cost_per_mtok (1.0: device-hours per million tokens)
+    redundant_experts: int = 0  # EPLB expert copies per MoE layer (their weights take memory)
+    micro_batches: int = 1  # two-batch overlap of dispatch/combine with compute
 
     def _metrics(self, inst: Instance, wl: Workload, replicas: int) -> dict[str, float]:
         placed = replace(inst, layout=inst.layout.model_copy(update={"dp": replicas}))
@@ -55,14 +57,13 @@ class ServingObjective:
 
     def details(self, layout: Layout) -> dict[str, dict[str, float]]:
         """Per-op time (ms per iteration) and per-device memory (GiB) of a placed layout, for reports."""
-        inst = Instance(self.model, layout, self.prec, self.group, self.profile, self.engine,
-                        power_cap_w=self.power_cap_w)
-        e = estimate_instance(inst, self.workload)
+        e = estimate_instance(self.instance(layout), self.workload)
         return {"breakdown_ms": dict(e.breakdown_ms), "memory_gib": dict(e.memory)}
 
     def instance(self, layout: Layout) -> Instance:
         return Instance(self.model, layout, self.prec, self.group, self.profile, self.engine,
-                        power_cap_w=self.power_cap_w)
+                        power_cap_w=self.power_cap_w, redundant_experts=self.redundant_experts,
+                        micro_batches=self.micro_batches)
 
     def capacity(self, layout: Layout, role: str, out_link: Link | None = None) -> RoleCapacity:
         """What one instance of `layout` carries in `role` (agg, prefill, decode) under the SLO; prefill

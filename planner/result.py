@@ -98,6 +98,8 @@ class PlanResult:
     plans: list[Plan]
     rejected: list[Plan] = field(default_factory=list)
     search: dict[str, Any] = field(default_factory=dict)
+    # every capacity row the search evaluated: role, device, layout, per-instance rate and what binds it
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def best(self) -> Plan:
@@ -117,7 +119,8 @@ class PlanResult:
     def as_dict(self) -> dict[str, Any]:
         return {"request": self.request, "search": self.search,
                 "plans": [p.as_dict() for p in self.plans],
-                "rejected": [p.as_dict() for p in self.rejected]}
+                "rejected": [p.as_dict() for p in self.rejected],
+                "candidates": [_finite(c) for c in self.candidates]}
 
     def save(self, out_dir: str | Path) -> Path:
         """Write `plans.json` in `out_dir` atomically (temp file + rename)."""

@@ -37,7 +37,7 @@ class Budget:
     n_jobs: int = 1
     backend: str = "loky"  # joblib backend for candidate evaluation: loky, threading, or ray (extra [ray])
     rows: int | None = None  # capacity-table rows at most (None: every row the bounds do not prune)
-    solver_work: float = 20.0  # CP-SAT deterministic time per solve (its work units, about seconds on one core)
+    solver_work: float = 5.0  # CP-SAT deterministic time per solve (its work units, about seconds on one core)
     steps: int = 20_000  # simulated-annealing moves
 
 

@@ -204,4 +204,8 @@ def cpsat(problem: Problem, budget: Budget, top: int) -> list[Solved]:
     from searches.heuristic import greedy  # a quick feasible start for the hint
 
     start = greedy(problem)
-    return solve_top(problem, budget, top, start.allocation if start is not None else None)
+    found = solve_top(problem, budget, top, start.allocation if start is not None else None)
+    if start is not None and (not found or not found[0].optimal):  # a cut-short solve never loses its hint
+        found.append(Solved(start.allocation, start.value, "cpsat", start.seconds, found[0].bound if found else None,
+                            False, start.first_feasible_s, dict(found[0].notes) if found else {"cut": "wall_clock"}))
+    return found

@@ -32,6 +32,7 @@ from searches.placement import UNIT_RPS, Config, Goal, GroupShape, Problem, plac
 
 Item = tuple[int, Layout, str]  # (variant index, layout, role)
 CapacityFn = Callable[[Item], RoleCapacity]
+SAFETY_TABLE = 0.8  # of the wall-clock limit the capacity table may use if that limit bites
 OPTIMISM = 1.05  # slack on the optimistic bound (the goodput bisection stops within 1%)
 
 
@@ -185,7 +186,9 @@ def run(groups: tuple[GroupShape, ...], variants: Sequence[Variant], capacity: C
     fast = [(vi, lay, role) for role in ("prefill", "decode") for vi, v in enumerate(variants) for lay in v.layouts]
     slow = [(vi, lay, "agg") for vi, v in enumerate(variants) for lay in v.layouts
             if "agg" in modes and (vi, lay, "agg") not in done]
-    table = _Table(capacity, budget, deadline, progress, len(rows) + len(fast) + len(slow))
+    # the wall clock is a safety limit only; the table stops at SAFETY_TABLE of it so the solvers keep time
+    table = _Table(capacity, budget, started + SAFETY_TABLE * budget.time_s, progress,
+                   len(rows) + len(fast) + len(slow))
     table.rows = rows
     table.add(fast)
     pd_left = len(table.left_by_work) + len(table.left_by_clock)
@@ -212,7 +215,8 @@ def run(groups: tuple[GroupShape, ...], variants: Sequence[Variant], capacity: C
                                             "pd_rows_skipped": float(pd_left), "first_feasible_s": first}
     cuts: list[str] = []
     if table.left_by_clock:
-        cuts.append(f"the wall-clock limit ({budget.time_s:g} s) stopped the capacity table with "
+        cuts.append(f"the wall-clock limit ({budget.time_s:g} s) stopped the capacity table at "
+                    f"{SAFETY_TABLE * budget.time_s:g} s with "
                     f"{len(table.left_by_clock)} rows left out")
     if table.left_by_work:
         cuts.append(f"the row budget ({budget.rows}) left {len(table.left_by_work)} rows out")

@@ -68,3 +68,31 @@ class Space:
 
     def size(self) -> int:
         return len(self.layouts())
+
+    def knobs(self) -> list[tuple[int, int]]:
+        """(redundant experts, micro-batches) settings to search: none for a dense model or a single-node
+        domain; on a wide-EP domain also an eighth and a quarter of the experts as redundant slots
+        (DeepSeek's 256 + 32 over EP144, CloudMatrix-Infer's 256 + 64 over EP320), each with two
+        micro-batches overlapping dispatch/combine with compute."""
+        if not self.wide_ep or self.model.moe is None:
+            return [(0, 1)]
+        e = self.model.moe.num_experts
+        return [(0, 1), *((r, 2) for r in (e // 8, e // 4) if r)]
+
+    def redundant_layouts(self, redundant: int) -> list[Layout]:
+        """Wide-EP layouts for `redundant` extra expert slots: one pipeline stage, EP = tp x attention-DP
+        over whole nodes (eight or more), EP any divisor of the slots (experts + redundant) the domain
+        holds: EP72/96/144/288 with 256 + 32, EP64/80/160/320 with 256 + 64."""
+        m, g = self.model, self.group
+        assert m.moe is not None
+        slots = m.moe.num_experts + redundant
+        out = []
+        # EPLB pays off at large EP: from eight nodes up (smaller groups keep the plain variant)
+        for ep in range(8 * g.devices_per_node, min(g.domain_size, g.num_devices) + 1, g.devices_per_node):
+            if slots % ep:
+                continue
+            for tp in powers_of_two(g.devices_per_node):
+                if m.num_heads % tp or ep % tp:
+                    continue
+                out.append(Layout(tp=tp, ep=ep, attention_dp=ep // tp))
+        return out

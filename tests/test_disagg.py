@@ -182,3 +182,32 @@ def test_closed_loop_disagg_without_a_decode_pool_says_what_binds(search):
     r = plan("llama-3.1-8b", "dgx-h100", workload={"isl": 1024, "osl": 1, "concurrency": 64},
              modes=("agg", "disagg"), search=search, budget_s=2)
     assert r.best.mode == "agg" and r.best.metrics["goodput_rps"] > 0
+
+
+def _per_device(c: dict) -> float:
+    lay = c["layout_fields"]
+    return c["rate_rps"] / (lay["tp"] * lay["attention_dp"] * lay["pp"])
+
+
+def test_wide_ep_space_holds_published_deployments_with_redundant_experts():
+    """DeepSeek-R1 on CloudMatrix384: EP144 (256 + 32 redundant) and EP160/320 (256 + 64) decode pools are
+    searched, with two-batch overlap, their expert copies costed in memory and their numbers listed."""
+    r = plan("deepseek-r1", "cloudmatrix384", slo={"ttft_ms": 1000, "tpot_ms": 50},
+             workload={"isl": 2048, "osl": 256, "rate_rps": 1.0}, precision="int8", goal="goodput", modes=("disagg",))
+    wide = [c for c in r.candidates if c["role"] == "decode" and c["redundant_experts"] and c["feasible"]]
+    eps = {c["layout_fields"]["ep"] for c in wide}
+    assert {144, 160, 320} <= eps and all(c["micro_batches"] == 2 for c in wide)
+    for c in wide:
+        slots = 256 + c["redundant_experts"]
+        assert slots % c["layout_fields"]["ep"] == 0 and c["metrics"]["running"] <= c["metrics"]["max_running"]
+    ep144 = max((c for c in wide if c["layout_fields"]["ep"] == 144), key=_per_device)
+    assert ep144["rate_rps"] > 0 and ep144["binding"]
+    assert r.search["disagg_gap"] == 0 and r.search["lp_bound_covers"] == "every layout"
+
+
+def test_qwen3_moe_lists_the_tp8_ep8_per_node_layout_with_its_numbers():
+    r = plan("qwen3-235b-a22b", "dgx-h100x4", slo={"ttft_ms": 1000, "tpot_ms": 50},
+             workload={"isl": 2048, "osl": 256, "rate_rps": 1.0}, precision="fp8", goal="goodput", modes=("disagg",))
+    rows = {c["role"]: c for c in r.candidates if c["layout"] == "tp8-ep8"}
+    assert set(rows) == {"prefill", "decode"}
+    assert rows["decode"]["feasible"] and rows["decode"]["metrics"]["tpot_ms"] <= 50 and rows["prefill"]["rate_rps"] > 0
