@@ -42,6 +42,7 @@ from planner.objective import PoolCapacity, ServingObjective
 from planner.result import Plan, PlanResult
 from searches import Budget, Solved, Space
 from searches.lp import relax
+from searches.parallel import BACKENDS
 from searches.placement import GOALS, MODES, UNIT_RPS, Goal, Problem, place, scaled, shapes
 from searches.pools import PoolSearch, Variant
 from searches.pools import run as run_pools
@@ -189,7 +190,8 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
          cross_domain_tp: bool = False, seed: int = 0, power_caps: Sequence[float | None] = (None,),
          usd_per_device_hour: float = 1.0, progress: Callable[[int, int], None] | None = None,
          simulate_top: int = 0, modes: Sequence[str] = MODES, goal: str = "auto",
-         speculation: Speculation | dict[str, Any] | None = None) -> PlanResult:
+         speculation: Speculation | dict[str, Any] | None = None, backend: str = "loky",
+         ray_address: str | None = None) -> PlanResult:
     """Whole deployments of `model` on `cluster` under `slo`, ranked: aggregated pools and
     prefill/decode-disaggregated ones (`modes`, both by default) with every instance placed on
     devices and the rule-of-thumb baseline beside the winner (see `_plan_pools`).
@@ -204,8 +206,12 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
     (simulated goodput at 90% SLO attainment, or simulated throughput for a closed loop), so
     queueing and batching dynamics the analytic screen averages away decide among them.
     `speculation` plans every layout with speculative decoding / MTP on (see `estimate`).
+    `backend` runs the capacity table on joblib workers ("loky", "threading") or a Ray cluster ("ray",
+    joining `ray_address`, or a local instance); the answer is the same whichever ran it.
     Raises InfeasibleError (naming what binds and by how much) when no plan qualifies.
     """
+    if backend not in BACKENDS:
+        raise PlannerInputError(f"backend='{backend}' is unknown; use one of {', '.join(BACKENDS)}")
     spec = load_model(model)
     clu = load_cluster(cluster)
     profile = _local_profile(clu, profile)
@@ -227,8 +233,9 @@ def plan(model: ModelRef, cluster: ClusterRef, slo: SLO | dict[str, Any] | None 
                                 "device-hour, e.g. 2.5")
     if not isinstance(simulate_top, int) or isinstance(simulate_top, bool) or simulate_top < 0:
         raise PlannerInputError(f"simulate_top={simulate_top!r} must be a whole number >= 0 (plans to simulate)")
-    return _plan_pools(spec, clu, slo_, wl, prec, eng, caps, profile, modes, search, goal, budget_s, n_jobs,
-                       seed, cross_domain_tp, usd_per_device_hour, notes, progress, simulate_top)
+    budget = Budget(time_s=budget_s, seed=seed, n_jobs=n_jobs, backend=backend, address=ray_address)
+    return _plan_pools(spec, clu, slo_, wl, prec, eng, caps, profile, modes, search, goal, budget,
+                       cross_domain_tp, usd_per_device_hour, notes, progress, simulate_top)
 
 
 def _profile_names(clu: Cluster, profile: str | Path | Profile | None) -> dict[str, str | None]:
@@ -481,8 +488,8 @@ SEARCHES = ("auto", "exhaustive", "cpsat", "lp", "heuristic")
 
 def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any, eng: Any,
                 caps: tuple[float | None, ...], profile: str | Path | Profile | None, modes: Sequence[str],
-                strategy: str, goal: str, budget_s: float, n_jobs: int, seed: int, cross_domain_tp: bool,
-                usd_per_device_hour: float, notes: list[str], progress: Callable[[int, int], None] | None = None,
+                strategy: str, goal: str, budget: Budget, cross_domain_tp: bool, usd_per_device_hour: float,
+                notes: list[str], progress: Callable[[int, int], None] | None = None,
                 simulate_top: int = 0) -> PlanResult:
     """Plans with pools (see searches/pools.py); the winner, runner-ups and the rule-of-thumb baseline."""
     mode_list = _modes(modes)
@@ -510,7 +517,7 @@ def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any
     groups = shapes(clu, {g.device.name: usd_per_device_hour for g in clu.groups})
     target = scaled(wl.rate_rps) if kind != "goodput" and wl.rate_rps else 0
     found = run_pools(groups, variants, PoolCapacity(tuple(objectives), out_link), mode_list, Goal(kind, target),
-                      strategy, Budget(time_s=budget_s, seed=seed, n_jobs=n_jobs), progress=progress)
+                      strategy, budget, progress=progress)
     key = {(v.group, v.tag): i for i, v in enumerate(variants)}
     plans = [_pool_plan(found.problems[m], s, objectives, key, clu, wl, out_link)
              for m in mode_list for s in found.solved[m]]
@@ -519,7 +526,7 @@ def _plan_pools(spec: ModelSpec, clu: Cluster, slo: SLO, wl: Workload, prec: Any
             if found.baseline is not None and found.baseline_problem is not None else None)
     sim_started = time.monotonic()
     if simulate_top and plans:
-        plans = _simulate_top(plans, simulate_top, spec, clu, prec, eng, profile, wl, slo, seed)
+        plans = _simulate_top(plans, simulate_top, spec, clu, prec, eng, profile, wl, slo, budget.seed)
     band = _profile(clu.groups[0].device.name, profile).for_engine(eng.name).error_band.get("tpot_ms")
     plans = _pool_reasons(plans, slo, kind, base, band)
     _checked_plans(plans)

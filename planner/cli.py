@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allocation strategy (auto: CP-SAT, then annealing where it was not proven optimal)")
     p.add_argument("--modes", type=_modes, default=("agg", "disagg"),
                    help="deployment modes to rank together: agg, disagg or agg,disagg (default; prefill/decode pools)")
+    p.add_argument("--backend", choices=("loky", "threading", "ray"), default="loky",
+                   help="where the capacity table runs: joblib workers (--jobs) or a Ray cluster")
+    p.add_argument("--ray-address", help="Ray cluster to join with --backend ray (default: a local instance)")
+    p.add_argument("--simulate-top", type=int, default=0,
+                   help="re-rank the K best plans with the iteration-level simulator")
     p.add_argument("--goal", choices=("auto", "goodput", "devices", "energy", "cost"), default="auto",
                    help="pool plans: maximise goodput, or the fewest devices / least energy / cost for --rate")
     p.add_argument("--top", type=_positive_int, default=10, help="plans to print")
@@ -290,7 +295,8 @@ def cmd_plan(a: argparse.Namespace, out: Console) -> int:
         with _progress(not a.json) as tick:
             r = plan(_model(a), a.cluster, slo=slo, workload=_workload(a), precision=a.precision, engine=a.engine,
                      kv_cache_dtype=a.kv_cache_dtype, profile=a.profile, budget_s=a.budget_s, n_jobs=a.jobs,
-                     modes=a.modes, search=a.search, goal=a.goal,
+                     modes=a.modes, search=a.search, goal=a.goal, backend=a.backend, ray_address=a.ray_address,
+                     simulate_top=a.simulate_top,
                      power_caps=a.power_caps, usd_per_device_hour=a.usd_per_device_hour, progress=tick,
                      speculation=_speculation(a))
     except InfeasibleError as exc:

@@ -39,6 +39,7 @@ class Budget:
     rows: int | None = None  # capacity-table rows at most (None: every row the bounds do not prune)
     solver_work: float = 5.0  # CP-SAT deterministic time per solve (its work units, about seconds on one core)
     steps: int = 20_000  # simulated-annealing moves
+    address: str | None = None  # Ray cluster to join (backend="ray"); None: a running or local instance
 
 
 class Objective(Protocol):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from costmodel.disagg import RoleCapacity
 from costmodel.layout import Layout
@@ -154,7 +154,8 @@ class _Table:
         chunk = max(4 * self.budget.n_jobs, 8)
         for start in range(0, len(take), chunk):
             part = take[start:start + chunk]
-            got = parallel_map(self.capacity, part, self.budget.n_jobs, self.budget.backend)
+            got = parallel_map(self.capacity, part, self.budget.n_jobs, self.budget.backend,
+                               address=self.budget.address)
             self.rows += [Row(vi, lay, role, cap) for (vi, lay, role), cap in zip(part, got, strict=True)]
             if self.progress is not None:
                 self.progress(len(self.rows), self.total)
@@ -224,8 +225,7 @@ def run(groups: tuple[GroupShape, ...], variants: Sequence[Variant], capacity: C
         p = problems[m]
         left = max(deadline - time.monotonic(), 0.05)
         offset = time.monotonic() - started
-        solved[m] = allocate(p, Budget(left, budget.seed, budget.n_jobs, budget.backend, budget.rows,
-                                       budget.solver_work, budget.steps), strategy, top) if p.configs else []
+        solved[m] = allocate(p, replace(budget, time_s=left), strategy, top) if p.configs else []
         stats[f"{m}_strategy"] = strategy
         stats[f"{m}_solve_s"] = round(time.monotonic() - started - offset, 3)
         if solved[m]:

@@ -146,6 +146,12 @@ def test_cli_plans_pools(tmp_path, capsys):
                "cpsat", "--budget-s", "30", "--json", "--out", str(tmp_path)])
     assert rc == 0
     assert (tmp_path / "plans.json").exists()
+    capsys.readouterr()
+    assert main(["plan", "--model", "llama-3.1-8b", "--cluster", "dgx-h100", "--isl", "1024", "--osl", "128",
+                 "--rate", "20", "--ttft-ms", "800", "--tpot-ms", "40", "--modes", "agg", "--simulate-top", "1",
+                 "--goal", "goodput"]) == 0
+    printed = capsys.readouterr().out
+    assert "search auto: agg proven optimal" in printed
     assert main(["plan", "--model", "llama-3.1-8b", "--cluster", "dgx-h100", "--isl", "1", "--osl", "1",
                  "--rate", "1", "--modes", "agg,both"]) == 2
     assert "error:" in capsys.readouterr().err

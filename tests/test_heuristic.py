@@ -114,3 +114,26 @@ def test_parallel_map_on_a_local_ray_instance():
         assert got == [math.factorial(x) for x in range(20)]
     finally:
         ray.shutdown()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (extra [ray])")
+def test_plan_on_a_local_ray_instance_gives_the_same_plans():
+    import ray
+
+    from planner import plan
+
+    kw = {"slo": {"ttft_ms": 1000, "tpot_ms": 50}, "workload": {"isl": 1024, "osl": 128, "rate_rps": 10}}
+    here = plan("llama-3.1-8b", "dgx-h100", **kw)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        there = plan("llama-3.1-8b", "dgx-h100", backend="ray", n_jobs=2, budget_s=600, **kw)  # Ray starts slowly
+    finally:
+        ray.shutdown()
+    assert [p.label() for p in there.plans] == [p.label() for p in here.plans]
+
+
+def test_plan_rejects_an_unknown_backend():
+    from planner import plan
+
+    with pytest.raises(PlannerInputError, match="backend='spark'"):
+        plan("llama-3.1-8b", "dgx-h100", workload={"isl": 128, "osl": 16, "rate_rps": 1}, backend="spark")
