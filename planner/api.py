@@ -17,7 +17,7 @@ from costmodel.disagg import disagg_point
 from costmodel.energy import check_power_cap, platform
 from costmodel.engines import Engine
 from costmodel.engines import engine as load_engine
-from costmodel.estimate import Estimate, build_instance, estimate_instance
+from costmodel.estimate import Estimate, build_instance, estimate_instance, instance_memory
 from costmodel.instance import Instance
 from costmodel.layout import Layout
 from costmodel.models import ModelSpec
@@ -629,7 +629,11 @@ def _pool_plan(problem: Problem, solved: Solved, objectives: Sequence[ServingObj
             out = point.metrics()
             extra_w = x * pc.devices + y * dc.devices
             busy = (x * pc.devices * min(rate / max(x * pc.rate * UNIT_RPS, 1e-12), 1.0) + y * dc.devices) / extra_w
+            mems = [instance_memory(o.instance(c.layout), wl, max(o.engine.max_num_batched_tokens, wl.isl))
+                    for c, o in ((pc, pobj), (dc, dobj))]
+            mem = max(mems, key=lambda mb: mb.weights_gib + mb.kv_cache_gib)  # the fuller device
             return out | {"max_running": dc.metrics.get("max_running", 0.0), "busy_fraction": busy,
+                          "weights_gib": mem.weights_gib, "kv_cache_gib": mem.kv_cache_gib,
                           "device_power_w": out["power_w"] / extra_w - _platform_w(pobj)}
         lay, replicas, device, cap = dc.layout.model_copy(update={"dp": y}), y, pools[-1]["device"], dobj.power_cap_w
         extra: dict[str, Any] = {"prefill_layout": pc.layout, "prefill_instances": x,
