@@ -137,14 +137,13 @@ def test_fit_runner_recovers_the_runner_tuning_that_timed_its_iterations() -> No
 def test_tensor_parallel_runs_give_the_all_reduce_wait_inside_a_pass() -> None:
     from costmodel.calibration.profile import EngineTuning
     from costmodel.layout import Layout
-    from planner.calibrate.overhead import fit_runner_all_reduce, for_every_engine
+    from planner.calibrate.overhead import fit_runner_all_reduce, for_every_engine, with_comm_latency
 
     group = cluster("dgx-h100").groups[0]
     tuning = EngineTuning(iteration_overhead_ms=0.5, per_seq_overhead_us=20.0)
     base = for_every_engine(profile_for("h100-sxm").model_copy(update={"engines": {}}), tuning)
     ar = base.comm_fit("all_reduce")
-    slower = base.model_copy(update={"comm": {**base.comm, "all_reduce": ar.model_copy(
-        update={"alpha_us": ar.alpha_us + 250.0})}})  # every all-reduce waits 250 us more than measured alone
+    slower = with_comm_latency(base, "all_reduce", 250.0)  # every all-reduce waits 250 us more than measured alone
     runs = _runs(group, slower, tuning, Layout(tp=2))
     fitted, ratios = fit_runner_all_reduce(runs, group, base, 2)
     assert fitted.comm_fit("all_reduce").alpha_us - ar.alpha_us == pytest.approx(250.0, rel=0.01)
@@ -157,15 +156,14 @@ def test_pipelined_runs_give_the_stage_hand_over_inside_the_runner() -> None:
 
     from costmodel.calibration.profile import EngineTuning
     from costmodel.layout import Layout
-    from planner.calibrate.overhead import fit_runner_send_recv, for_every_engine
+    from planner.calibrate.overhead import fit_runner_send_recv, for_every_engine, with_comm_latency
 
     group = cluster("dgx-h100").groups[0]
     # stages this even (little scheduler overhead on the first) put the pass, sends and all, on the critical path
     tuning = EngineTuning(iteration_overhead_ms=0.02, per_seq_overhead_us=1.0)
     base = for_every_engine(profile_for("h100-sxm").model_copy(update={"engines": {}}), tuning)
     sr = base.comm_fit("send_recv")
-    slower = base.model_copy(update={"comm": {**base.comm, "send_recv": sr.model_copy(
-        update={"alpha_us": sr.alpha_us + 400.0})}})  # every hand-over between stages costs 400 us more
+    slower = with_comm_latency(base, "send_recv", 400.0)  # every hand-over between stages costs 400 us more
     runs = [(m, isl, [(*(np.array(r[:4]) / 2), r[4]) for r in log])  # logged per micro-batch group: half the batch
             for m, isl, log in _runs(group, slower, tuning, Layout(pp=2)) if m.num_layers >= 2]
     fitted, ratios = fit_runner_send_recv(runs, group, base, 2)

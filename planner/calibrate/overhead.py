@@ -123,6 +123,24 @@ def fit_runner(runs: Sequence[Run], group: NodeGroup, profile: Profile) -> Runne
     return RunnerFit(tuning.model_copy(update={"fitted_on": note}), err, [float(r) for r in ratios])
 
 
+def with_comm_latency(profile: Profile, op: str, extra_us: float) -> Profile:
+    """The profile with `extra_us` more fixed latency on every `op` collective (a wait the runner meets
+    that the kernel measurement alone did not)."""
+    fit = profile.comm_fit(op)
+    return profile.model_copy(update={"comm": {**profile.comm, op: fit.model_copy(
+        update={"alpha_us": fit.alpha_us + extra_us})}})
+
+
+def _noted(tuned: Profile, key: str, runs: Arrays, layout: Layout, group: NodeGroup, source: str,
+           tuning: EngineTuning | None) -> tuple[Profile, list[float]]:
+    """The tuned profile with its fit error recorded under `key` (the runs are all it was fitted on, so the
+    leave-out figure repeats the fit error), and the measured / predicted ratio of each run."""
+    ratios = _ratios(runs, layout, group, tuned, tuning)
+    err = float(np.median(np.abs(1.0 / ratios - 1.0)) * 100.0)
+    note = FitError(rows=len(runs), train_mdape=err, leaveout_mdape=err, source=source)
+    return tuned.model_copy(update={"fit_error": {**tuned.fit_error, key: note}}), [float(r) for r in ratios]
+
+
 def fit_runner_all_reduce(runs: Sequence[Run], group: NodeGroup, profile: Profile,
                           tp: int) -> tuple[Profile, list[float]]:
     """The all-reduce as the runner meets it inside a forward pass, from runs served tensor-parallel over
@@ -138,17 +156,11 @@ def fit_runner_all_reduce(runs: Sequence[Run], group: NodeGroup, profile: Profil
     # a synchronous step waits for whichever rank was held up, so the mean wait is part of what every
     # tensor-parallel iteration costs
     extra = max(0.0, resid / calls)
-    fit = profile.comm_fit("all_reduce")
-    tuned = profile.model_copy(update={"comm": {**profile.comm, "all_reduce": fit.model_copy(
-        update={"alpha_us": fit.alpha_us + extra * 1e6})}})
-    ratios = _ratios(arr, Layout(tp=tp), group, tuned, tuning)
-    err = float(np.median(np.abs(1.0 / ratios - 1.0)) * 100.0)
-    note = FitError(rows=len(arr), train_mdape=err, leaveout_mdape=err,
-                    source=f"{len(arr)} tensor-parallel runs of the torch runner (tp={tp}): +{extra * 1e6:.0f} us per "
-                           "all-reduce over the kernel measurement; error of each run's mean iteration time (no "
-                           "held-out runs: the leave-out figure repeats the fit error)")
-    return tuned.model_copy(update={"fit_error": {**tuned.fit_error, "comm.all_reduce_in_runner": note}}), \
-        [float(r) for r in ratios]
+    return _noted(with_comm_latency(profile, "all_reduce", extra * 1e6), "comm.all_reduce_in_runner", arr,
+                  Layout(tp=tp), group,
+                  f"{len(arr)} tensor-parallel runs of the torch runner (tp={tp}): +{extra * 1e6:.0f} us per "
+                  "all-reduce over the kernel measurement; error of each run's mean iteration time (no "
+                  "held-out runs: the leave-out figure repeats the fit error)", tuning)
 
 
 def fit_runner_send_recv(runs: Sequence[Run], group: NodeGroup, profile: Profile,
@@ -168,15 +180,10 @@ def fit_runner_send_recv(runs: Sequence[Run], group: NodeGroup, profile: Profile
     arr = [(m, isl, np.column_stack([log[:, :4] * pp, log[:, 4:]])) for m, isl, log in _arrays(runs)]
     tuning = profile.engines.get("vllm")
     lay = Layout(pp=pp)
-    fit = profile.comm_fit("send_recv")
     measured = sum(float(log[:, 4].sum()) for _, _, log in arr)
 
-    def with_extra(us: float) -> Profile:
-        return profile.model_copy(update={"comm": {**profile.comm, "send_recv": fit.model_copy(
-            update={"alpha_us": fit.alpha_us + us})}})
-
     def short_s(us: float) -> float:  # measured less predicted time over every round
-        prof = with_extra(us)
+        prof = with_comm_latency(profile, "send_recv", us)
         return measured - sum(float(step_s(m, lay, group, prof, log, isl, tuning).sum()) for m, isl, log in arr)
 
     # a round is the longer of one micro-batch's pass (sends included) and pp turns of the slowest stage, so
@@ -188,16 +195,10 @@ def fit_runner_send_recv(runs: Sequence[Run], group: NodeGroup, profile: Profile
     for _ in range(40 if hi > 0 else 0):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if short_s(mid) > 0 else (lo, mid)
-    extra = hi * 1e-6
-    tuned = with_extra(hi)
-    ratios = _ratios(arr, lay, group, tuned, tuning)
-    err = float(np.median(np.abs(1.0 / ratios - 1.0)) * 100.0)
-    note = FitError(rows=len(arr), train_mdape=err, leaveout_mdape=err,
-                    source=f"{len(arr)} pipelined runs of the torch runner (pp={pp}): +{extra * 1e6:.0f} us per "
-                           "stage-to-stage send over the send/recv measurement; error of each run's mean round (no "
-                           "held-out runs: the leave-out figure repeats the fit error)")
-    return tuned.model_copy(update={"fit_error": {**tuned.fit_error, "comm.send_recv_in_runner": note}}), \
-        [float(r) for r in ratios]
+    return _noted(with_comm_latency(profile, "send_recv", hi), "comm.send_recv_in_runner", arr, lay, group,
+                  f"{len(arr)} pipelined runs of the torch runner (pp={pp}): +{hi:.0f} us per "
+                  "stage-to-stage send over the send/recv measurement; error of each run's mean round (no "
+                  "held-out runs: the leave-out figure repeats the fit error)", tuning)
 
 
 def error_band(ratios: Sequence[float]) -> dict[str, tuple[float, float]]:
